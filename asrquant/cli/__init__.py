@@ -1,0 +1,1 @@
+"""Thin command-line entry points. Nothing in the package imports this."""

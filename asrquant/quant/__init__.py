@@ -1,0 +1,48 @@
+"""Weight quantization math, recipes and size reports. Imports torch only."""
+
+from .primitives import (
+    GroupLayout,
+    QuantizedTensor,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    group_layout,
+    quantize,
+)
+from .recipe import (
+    FakeQuantize,
+    QuantRecipe,
+    QuantRule,
+    attach_fake_quant,
+    build_report,
+    candidate_weight_names,
+    detach_fake_quant,
+    fake_quant_specs,
+    recipe_from_config,
+)
+from .report import ParamRow, QuantReport
+from .spec import QuantSpec, code_range, num_levels
+
+__all__ = [
+    "FakeQuantize",
+    "GroupLayout",
+    "ParamRow",
+    "QuantRecipe",
+    "QuantReport",
+    "QuantRule",
+    "QuantSpec",
+    "QuantizedTensor",
+    "attach_fake_quant",
+    "build_report",
+    "candidate_weight_names",
+    "choose_qparams",
+    "code_range",
+    "dequantize",
+    "detach_fake_quant",
+    "fake_quant_specs",
+    "fake_quantize",
+    "group_layout",
+    "num_levels",
+    "quantize",
+    "recipe_from_config",
+]

@@ -1,0 +1,267 @@
+"""The quantizer math: pure functions over tensors (no modules, no configs beyond QuantSpec).
+
+Layout. A weight of shape (out, d1, d2, ...) is seen as a matrix of `rows = out` rows of
+length `row_len = d1*d2*...` (Linear (out, in); Conv1d/Conv2d (out, in/groups, k...) over the
+flattened input dims; depthwise Conv1d (out, 1, k); MultiheadAttention in_proj (3d, d)).
+Tensors with fewer than two dims are one row. Each row is cut into `n_groups` groups of
+`group_len` consecutive weights:
+
+    tensor  -> one group holding every weight (rows is taken as 1)
+    channel -> one group per row
+    group   -> groups of `group_size` along the row; when `group_size` does not divide the
+               row, the last group is zero-padded. Zero padding is neutral: every grid below
+               contains 0 exactly (symmetric by construction, asymmetric because the range
+               always includes 0 and the zero point is an integer), so padded entries change
+               neither min/max nor any reconstruction error. A `group_size` >= the row length
+               gives one group per row.
+
+Grids (b = bits, r = clip ratio in (0, 1]):
+
+    symmetric:  qmax = 2^(b-1) - 1,  s = r * max|w| / qmax,  q = clamp(round(w/s), -qmax, qmax)
+                w^ = s * q
+    asymmetric: lo = min(min w, 0), hi = max(max w, 0),  s = r * (hi - lo) / (2^b - 1)
+                z = clamp(-round(r * lo / s), 0, 2^b - 1),  q = clamp(round(w/s) + z, 0, 2^b - 1)
+                w^ = s * (q - z)
+
+`s` is rounded up and `z` (an integer) cast to `spec.scale_dtype` before the codes are
+computed, so the stored values are exactly the ones that produced the codes. `s` is kept at
+least the smallest normal number of that dtype (an all-zero group gets codes equal to its
+zero point and decodes to 0).
+All arithmetic is in float32 whatever the weight dtype; results are cast back to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .spec import QuantSpec
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    rows: int
+    row_len: int
+    group_len: int
+    n_groups: int
+
+    @property
+    def pad(self) -> int:
+        return self.n_groups * self.group_len - self.row_len
+
+    @property
+    def num_scales(self) -> int:
+        return self.rows * self.n_groups
+
+
+def group_layout(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> GroupLayout:
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    rows = int(shape[0]) if len(shape) >= 2 else 1
+    row_len = numel // rows if rows > 0 else 0
+    if spec.granularity == "tensor":
+        return GroupLayout(rows=1, row_len=numel, group_len=numel, n_groups=1)
+    if spec.granularity == "channel" or row_len == 0:
+        return GroupLayout(rows=rows, row_len=row_len, group_len=row_len, n_groups=1)
+    group_len = min(spec.group_size, row_len)
+    n_groups = -(-row_len // group_len)
+    return GroupLayout(rows=rows, row_len=row_len, group_len=group_len, n_groups=n_groups)
+
+
+def to_groups(w: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
+    """(rows, n_groups, group_len) float32 view of `w`, zero-padded at the end of each row."""
+    x = w.detach().reshape(layout.rows, layout.row_len).to(torch.float32)
+    if layout.pad:
+        x = torch.nn.functional.pad(x, (0, layout.pad))
+    return x.reshape(layout.rows, layout.n_groups, layout.group_len)
+
+
+def from_groups(x: torch.Tensor, layout: GroupLayout, shape) -> torch.Tensor:
+    x = x.reshape(layout.rows, layout.n_groups * layout.group_len)
+    if layout.pad:
+        x = x[:, : layout.row_len].contiguous()
+    return x.reshape(shape)
+
+
+def _round_scale(scale: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Round up to the nearest value of the scale dtype (never down: a grid that is at least
+    as wide as the range keeps every in-range weight within half a step of a level)."""
+    sdt = spec.torch_scale_dtype
+    finfo = torch.finfo(sdt)
+    scale = scale.nan_to_num(nan=finfo.tiny, posinf=finfo.max).clamp(finfo.tiny, finfo.max)
+    if sdt == torch.float32:
+        return scale
+    rounded = scale.to(sdt)
+    below = rounded.to(torch.float32) < scale
+    if below.any():
+        up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+        rounded = torch.where(below, up.clamp(max=finfo.max), rounded)
+    return rounded.to(torch.float32)
+
+
+def _range_stats(x: torch.Tensor, spec: QuantSpec):
+    """Per-group (lo, hi) of the unclipped range, shape (rows, n_groups, 1)."""
+    if spec.symmetric:
+        amax = x.abs().amax(dim=-1, keepdim=True)
+        return -amax, amax
+    lo = x.amin(dim=-1, keepdim=True).clamp(max=0.0)
+    hi = x.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    return lo, hi
+
+
+def _qparams_for_ratio(lo, hi, ratio, spec: QuantSpec):
+    """Scale and zero point (float32 holding integers) for the range [ratio*lo, ratio*hi]."""
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        scale = _round_scale(hi * ratio / qmax, spec)
+        return scale, None
+    scale = _round_scale((hi - lo) * ratio / (qmax - qmin), spec)
+    zero_point = (qmin - torch.round(lo * ratio / scale)).clamp(qmin, qmax)
+    zero_point = zero_point.to(spec.torch_scale_dtype).to(torch.float32)
+    return scale, zero_point
+
+
+def quantize_groups(x, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    """Integer codes (as float32) of grouped weights for given qparams."""
+    q = torch.round(x * (1.0 / scale))
+    if zero_point is not None:
+        q = q.add_(zero_point)
+    return q.clamp_(spec.qmin, spec.qmax)
+
+
+def dequantize_groups(q, scale, zero_point) -> torch.Tensor:
+    if zero_point is not None:
+        q = q - zero_point
+    return q * scale
+
+
+def _mse_search(x, lo, hi, spec: QuantSpec):
+    """Per group, the ratio of `spec.clip_grid` (and 1.0) with the least squared error.
+
+    One pass over the weights per candidate ratio; each pass is vectorised over all groups.
+    Ratio 1.0 is evaluated first and only strictly better ratios replace it, so the result
+    is never worse than clip="none".
+    """
+    ratios = [1.0] + [float(r) for r in spec.clip_grid if float(r) != 1.0]
+    best_err = best_scale = best_zp = best_ratio = None
+    for r in ratios:
+        scale, zp = _qparams_for_ratio(lo, hi, r, spec)
+        err = quantize_groups(x, scale, zp, spec)
+        if zp is not None:
+            err.sub_(zp)
+        err.mul_(scale).sub_(x)
+        err = err.square_().sum(dim=-1, keepdim=True)
+        if best_err is None:
+            best_err, best_scale, best_zp = err, scale, zp
+            best_ratio = torch.ones_like(scale)
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        if zp is not None:
+            best_zp = torch.where(better, zp, best_zp)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, r), best_ratio)
+    return best_scale, best_zp, best_ratio
+
+
+def choose_qparams(x: torch.Tensor, spec: QuantSpec):
+    """Scale, zero point (None if symmetric) and clip ratio per group of grouped weights `x`.
+
+    Shapes (rows, n_groups, 1); scale and zero point hold values exactly representable in
+    `spec.scale_dtype` but are returned as float32 for computation.
+    """
+    lo, hi = _range_stats(x, spec)
+    if spec.clip == "mse":
+        return _mse_search(x, lo, hi, spec)
+    ratio = spec.clip_ratio if spec.clip == "fixed" else 1.0
+    scale, zp = _qparams_for_ratio(lo, hi, ratio, spec)
+    return scale, zp, torch.full_like(scale, ratio)
+
+
+@dataclass
+class QuantizedTensor:
+    """Integer codes plus what is needed to decode them.
+
+    codes: int8 (symmetric) or uint8 (asymmetric), the weight's own shape.
+    scale, zero_point: (rows, n_groups) in spec.scale_dtype; zero_point is None if symmetric.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    shape: torch.Size
+    dtype: torch.dtype
+    spec: QuantSpec
+
+    @property
+    def layout(self) -> GroupLayout:
+        return group_layout(self.shape, self.spec)
+
+
+def _codes_dtype(spec: QuantSpec) -> torch.dtype:
+    return torch.int8 if spec.symmetric else torch.uint8
+
+
+def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    layout = group_layout(w.shape, spec)
+    sdt = spec.torch_scale_dtype
+    if w.numel() == 0:
+        empty = torch.zeros(layout.rows, layout.n_groups, dtype=sdt)
+        return QuantizedTensor(
+            codes=torch.zeros(w.shape, dtype=_codes_dtype(spec)),
+            scale=empty,
+            zero_point=None if spec.symmetric else empty.clone(),
+            shape=w.shape,
+            dtype=w.dtype,
+            spec=spec,
+        )
+    x = to_groups(w, layout)
+    scale, zp, _ = choose_qparams(x, spec)
+    q = quantize_groups(x, scale, zp, spec)
+    codes = from_groups(q, layout, w.shape).to(_codes_dtype(spec))
+    return QuantizedTensor(
+        codes=codes,
+        scale=scale.squeeze(-1).to(sdt),
+        zero_point=None if zp is None else zp.squeeze(-1).to(sdt),
+        shape=w.shape,
+        dtype=w.dtype,
+        spec=spec,
+    )
+
+
+def dequantize(qt: QuantizedTensor) -> torch.Tensor:
+    layout = qt.layout
+    if qt.codes.numel() == 0:
+        return torch.zeros(qt.shape, dtype=qt.dtype)
+    q = to_groups(qt.codes, layout)
+    scale = qt.scale.to(torch.float32).unsqueeze(-1)
+    zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32).unsqueeze(-1)
+    return from_groups(dequantize_groups(q, scale, zp), layout, qt.shape).to(qt.dtype)
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """dequantize(quantize(w, spec)) in value; straight-through gradient inside the clip range.
+
+    Backward passes the gradient unchanged for weights inside the (possibly clipped) range
+    [r*lo, r*hi] of their group and zero outside. Scales are recomputed from `w` on every
+    call and treated as constants (no gradient through them).
+    """
+    if w.numel() == 0:
+        return w
+    layout = group_layout(w.shape, spec)
+    with torch.no_grad():
+        x = to_groups(w, layout)
+        scale, zp, ratio = choose_qparams(x, spec)
+        w_hat = from_groups(
+            dequantize_groups(quantize_groups(x, scale, zp, spec), scale, zp), layout, w.shape
+        ).to(w.dtype)
+    if not w.requires_grad:
+        return w_hat
+    with torch.no_grad():
+        lo, hi = _range_stats(x, spec)
+        inside = (x >= lo * ratio) & (x <= hi * ratio)
+        inside = from_groups(inside, layout, w.shape).to(w.dtype)
+    # w_hat + 0 in value (exactly), gradient `inside` with respect to w.
+    return w_hat + (w - w.detach()) * inside

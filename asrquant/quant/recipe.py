@@ -1,0 +1,298 @@
+"""Recipes: which parameter gets which QuantSpec; attaching fake quantization to a model.
+
+A `QuantRecipe` has a default spec (None = keep float) and ordered rules
+`pattern -> QuantSpec | None`. For each parameter name, the first rule whose pattern
+matches decides; if none matches, candidates get the default and others stay float.
+
+Patterns are shell-style globs matched against the full parameter name with
+`fnmatch.fnmatchcase` ("*.ffn1.*", "conformer_layers.0.*"), or regular expressions when
+prefixed with "re:" (matched with `re.search`, e.g. "re:layers\\.(0|1)\\.").
+
+Candidates are the weights of Linear, Conv1d, Conv2d and MultiheadAttention
+(in_proj_weight, or q/k/v_proj_weight). Rules apply to candidates only, unless a rule is
+made with `candidates_only=False`: biases, norms and embeddings are quantized only then.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .primitives import fake_quantize
+from .report import QuantReport, param_row
+from .spec import QuantSpec
+
+
+@dataclass(frozen=True)
+class QuantRule:
+    """`pattern -> spec`. With `candidates_only` (default) the rule applies to candidate
+    weights only, so "*.self_attn.*" does not catch biases; set it False to quantize other
+    parameters (biases, norms, embeddings) that the pattern names."""
+
+    pattern: str
+    spec: QuantSpec | None
+    candidates_only: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ValueError(f"QuantRule.pattern={self.pattern!r} is invalid; allowed: a non-empty "
+                             "glob or 're:<regex>' string")
+        if self.pattern.startswith("re:"):
+            try:
+                re.compile(self.pattern[3:])
+            except re.error as e:
+                raise ValueError(
+                    f"QuantRule.pattern={self.pattern!r} is not a valid regex: {e}"
+                ) from None
+
+    def matches(self, name: str) -> bool:
+        if self.pattern.startswith("re:"):
+            return re.search(self.pattern[3:], name) is not None
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    default: QuantSpec | None
+    rules: tuple[QuantRule, ...] = field(default_factory=tuple)
+    name: str = "custom"
+
+    def __post_init__(self):
+        rules = tuple(
+            r if isinstance(r, QuantRule) else QuantRule(*r) for r in (self.rules or ())
+        )
+        object.__setattr__(self, "rules", rules)
+
+    def spec_for(self, name: str, is_candidate: bool) -> QuantSpec | None:
+        for rule in self.rules:
+            if (is_candidate or not rule.candidates_only) and rule.matches(name):
+                return rule.spec
+        return self.default if is_candidate else None
+
+    def plan(self, model: nn.Module, strict: bool = False) -> dict[str, QuantSpec]:
+        """Parameter name -> spec for every parameter this recipe quantizes.
+
+        A rule that matches no parameter is a likely typo: a warning naming it, or a
+        ValueError if `strict`.
+        """
+        if _has_fake_quant(model):
+            raise ValueError("model already has fake quantization attached; "
+                             "call detach_fake_quant(model) first")
+        candidates = set(candidate_weight_names(model))
+        names = [n for n, _ in model.named_parameters()]
+        unused = [
+            r.pattern for r in self.rules
+            if not any(r.matches(n) for n in (candidates if r.candidates_only else names))
+        ]
+        if unused:
+            msg = (f"recipe {self.name!r}: rule pattern(s) {unused} match no parameter of "
+                   f"{type(model).__name__} (e.g. {names[:3]})")
+            if strict:
+                raise ValueError(msg)
+            warnings.warn(msg, stacklevel=2)
+        plan = {}
+        for n in names:
+            spec = self.spec_for(n, n in candidates)
+            if spec is not None:
+                plan[n] = spec
+        return plan
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "default": None if self.default is None else self.default.to_dict(),
+            "rules": [
+                {"pattern": r.pattern, "spec": None if r.spec is None else r.spec.to_dict(),
+                 "candidates_only": r.candidates_only}
+                for r in self.rules
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantRecipe:
+        allowed = {"name", "default", "rules"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(
+                f"QuantRecipe got unknown key(s) {unknown}; allowed: {sorted(allowed)}"
+            )
+        default = d.get("default")
+        rules = []
+        for i, r in enumerate(d.get("rules") or []):
+            if not isinstance(r, dict) or "pattern" not in r:
+                raise ValueError(f"QuantRecipe.rules[{i}]={r!r} is invalid; allowed: "
+                                 "{'pattern': str, 'spec': dict | None}")
+            extra = sorted(set(r) - {"pattern", "spec", "candidates_only"})
+            if extra:
+                raise ValueError(f"QuantRecipe.rules[{i}] has unknown key(s) {extra}; allowed: "
+                                 "['candidates_only', 'pattern', 'spec']")
+            spec = r.get("spec")
+            spec = None if spec is None else QuantSpec.from_dict(spec)
+            rules.append(QuantRule(r["pattern"], spec, bool(r.get("candidates_only", True))))
+        return cls(
+            default=None if default is None else QuantSpec.from_dict(dict(default)),
+            rules=tuple(rules),
+            name=d.get("name", "custom"),
+        )
+
+
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def candidate_weight_names(model: nn.Module) -> list[str]:
+    """Names of the parameters a recipe's default applies to."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            names.append(prefix + "weight")
+        elif isinstance(mod, nn.MultiheadAttention):
+            names += [prefix + w for w in _MHA_WEIGHTS if getattr(mod, w, None) is not None]
+    return names
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization: the module sees fake_quantize(weight); the optimizer sees the weight."""
+
+    def __init__(self, spec: QuantSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(w, self.spec)
+
+    def extra_repr(self) -> str:
+        return self.spec.describe()
+
+
+def _split(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    mod_name, _, pname = name.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), pname
+
+
+def _has_fake_quant(model: nn.Module) -> bool:
+    return any(
+        isinstance(p, FakeQuantize)
+        for m in model.modules()
+        if parametrize.is_parametrized(m)
+        for plist in m.parametrizations.values()
+        for p in plist
+    )
+
+
+def build_report(
+    model: nn.Module, plan: dict[str, QuantSpec], recipe_name: str = ""
+) -> QuantReport:
+    rows = [param_row(n, p, plan.get(n)) for n, p in model.named_parameters()]
+    return QuantReport(rows=rows, recipe_name=recipe_name)
+
+
+def attach_fake_quant(
+    model: nn.Module,
+    recipe: QuantRecipe,
+    strict: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> QuantReport:
+    """Swap in fake-quantized weights via torch.nn.utils.parametrize; returns the size report.
+
+    The model's forward code is untouched; `module.weight` now returns the fake-quantized
+    value, recomputed from the float weight (`...parametrizations.weight.original`) on every
+    access, so training updates the float weights through the straight-through estimator.
+    Wrap inference in `torch.nn.utils.parametrize.cached()` to quantize once per forward.
+    `progress` may wrap the list of parameters (e.g. tqdm) to show progress.
+    """
+    plan = recipe.plan(model, strict=strict)
+    report = build_report(model, plan, recipe.name)
+    items = list(plan.items())
+    for name, spec in progress(items) if progress else items:
+        module, pname = _split(model, name)
+        parametrize.register_parametrization(module, pname, FakeQuantize(spec), unsafe=True)
+    return report
+
+
+def detach_fake_quant(model: nn.Module, bake: bool = False) -> list[str]:
+    """Remove fake quantization; with bake=True the weights keep their quantized values.
+
+    Returns the names of the parameters it was removed from.
+    """
+    removed = []
+    for mod_name, mod in list(model.named_modules()):
+        if not parametrize.is_parametrized(mod):
+            continue
+        for pname in list(mod.parametrizations.keys()):
+            plist = mod.parametrizations[pname]
+            if any(isinstance(p, FakeQuantize) for p in plist):
+                with torch.no_grad():
+                    parametrize.remove_parametrizations(mod, pname, leave_parametrized=bake)
+                removed.append(f"{mod_name}.{pname}" if mod_name else pname)
+    return removed
+
+
+def fake_quant_specs(model: nn.Module) -> dict[str, QuantSpec]:
+    """Parameter name (as before attaching) -> spec, for the fake quantization attached now."""
+    out = {}
+    for mod_name, mod in model.named_modules():
+        if parametrize.is_parametrized(mod):
+            for pname, plist in mod.parametrizations.items():
+                for p in plist:
+                    if isinstance(p, FakeQuantize):
+                        out[f"{mod_name}.{pname}" if mod_name else pname] = p.spec
+    return out
+
+
+_SPEC_KEYS = ("bits", "symmetric", "granularity", "group_size", "clip", "clip_ratio", "clip_grid",
+              "scale_dtype")
+
+
+def recipe_from_config(cfg: dict) -> QuantRecipe:
+    """Build a recipe from the flat form used by `conf/quant/*.yaml`.
+
+        name: int2_asym_g32
+        bits: 2            # null: float (nothing quantized by default)
+        symmetric: false
+        granularity: group
+        group_size: 32
+        clip: none
+        rules:             # first match wins; keys not given are taken from the default
+          - {pattern: "*.self_attn.*", bits: 4, group_size: 128}
+          - {pattern: "encoder_proj.*", float: true}
+
+    Unknown keys raise ValueError naming them and the allowed ones.
+    """
+    cfg = dict(cfg)
+    allowed = {"name", "rules", *_SPEC_KEYS}
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"quant recipe got unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    name = cfg.pop("name", "custom")
+    rule_cfgs = cfg.pop("rules", None) or []
+    base = {k: v for k, v in cfg.items() if v is not None or k == "group_size"}
+    default = None if cfg.get("bits") is None else QuantSpec.from_dict(base)
+    rule_keys = {"pattern", "float", "candidates_only", *_SPEC_KEYS}
+    rules = []
+    for i, r in enumerate(rule_cfgs):
+        r = dict(r)
+        extra = sorted(set(r) - rule_keys)
+        if "pattern" not in r or extra:
+            raise ValueError(f"quant.rules[{i}]={r!r} is invalid: needs 'pattern'; "
+                             f"unknown key(s) {extra}; allowed: {sorted(rule_keys)}")
+        pattern = r.pop("pattern")
+        only = bool(r.pop("candidates_only", True))
+        if r.pop("float", False):
+            rules.append(QuantRule(pattern, None, only))
+            continue
+        merged = {**base, **r}
+        if merged.get("bits") is None:
+            raise ValueError(f"quant.rules[{i}] ({pattern!r}) needs 'bits' (the recipe's "
+                             "default is float) or 'float: true'")
+        if "granularity" in r and r["granularity"] != "group" and "group_size" not in r:
+            merged["group_size"] = None
+        rules.append(QuantRule(pattern, QuantSpec.from_dict(merged), only))
+    return QuantRecipe(default=default, rules=tuple(rules), name=name)

@@ -1,0 +1,159 @@
+"""What a quantizer does to one weight tensor: `QuantSpec`, and the integer grid per bit width.
+
+Bit widths are data: `code_range(bits, symmetric)` is the single table the quantizer,
+the report and the packer read, so no other module hard-codes a level count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+GRANULARITIES = ("tensor", "channel", "group")
+CLIP_METHODS = ("none", "fixed", "mse")
+SCALE_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+MIN_BITS, MAX_BITS = 1, 8
+DEFAULT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(16))  # 1.00, 0.95, ..., 0.25
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Smallest and largest integer code.
+
+    Symmetric grids are centred on an exact zero and drop the most negative two's-complement
+    code so that +q and -q are both representable: at 2 bits {-1, 0, 1}. Asymmetric grids
+    use all 2**bits codes, [0, 2**bits - 1], with an integer zero point.
+    """
+    if symmetric:
+        q = 2 ** (bits - 1) - 1
+        return -q, q
+    return 0, 2**bits - 1
+
+
+def num_levels(bits: int, symmetric: bool) -> int:
+    lo, hi = code_range(bits, symmetric)
+    return hi - lo + 1
+
+
+def _dtype_name(value) -> str:
+    if isinstance(value, torch.dtype):
+        for name, dt in SCALE_DTYPES.items():
+            if dt == value:
+                return name
+        return str(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one weight tensor is quantized.
+
+    bits: code width, 1..8.
+    symmetric: True -> codes in [-(2^(b-1)-1), 2^(b-1)-1], no zero point;
+               False -> codes in [0, 2^b-1] with an integer zero point.
+    granularity: "tensor" (one scale), "channel" (one per output row),
+                 "group" (one per `group_size` consecutive weights of a row: the paper's
+                 sub-channel quantization).
+    group_size: weights per group along the (flattened) input dimension, for "group".
+    clip: "none" (min/max range), "fixed" (range scaled by `clip_ratio`),
+          "mse" (per group the ratio from `clip_grid` with the least squared error).
+    scale_dtype: "float32" | "float16" | "bfloat16"; scales and zero points are rounded
+                 to it before codes are computed, and counted at its width.
+    """
+
+    bits: int = 4
+    symmetric: bool = False
+    granularity: str = "group"
+    group_size: int | None = 128
+    clip: str = "none"
+    clip_ratio: float = 1.0
+    clip_grid: tuple[float, ...] = field(default=DEFAULT_CLIP_GRID)
+    scale_dtype: str = "float16"
+
+    def __post_init__(self):
+        # Accept torch dtypes and lists from configs, but store canonical immutable values.
+        object.__setattr__(self, "scale_dtype", _dtype_name(self.scale_dtype))
+        if isinstance(self.clip_grid, list):
+            object.__setattr__(self, "clip_grid", tuple(self.clip_grid))
+        if self.granularity != "group" and self.group_size is not None:
+            object.__setattr__(self, "group_size", None)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, value, allowed):
+            raise ValueError(f"QuantSpec.{name}={value!r} is invalid; allowed: {allowed}")
+
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
+        if not isinstance(self.symmetric, bool):
+            bad("symmetric", self.symmetric, "True or False")
+        if self.symmetric and self.bits < 2:
+            bad("bits", self.bits, "2..8 when symmetric=True (1-bit needs symmetric=False)")
+        if self.granularity not in GRANULARITIES:
+            bad("granularity", self.granularity, " | ".join(map(repr, GRANULARITIES)))
+        if self.granularity == "group":
+            gs = self.group_size
+            if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
+                bad("group_size", gs, "a positive int when granularity='group'")
+        if self.clip not in CLIP_METHODS:
+            bad("clip", self.clip, " | ".join(map(repr, CLIP_METHODS)))
+        r = self.clip_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
+            bad("clip_ratio", r, "a float in (0, 1]")
+        if self.clip == "fixed" and r == 1.0:
+            pass  # fixed at 1.0 is the same as none; allowed for sweeps.
+        grid = self.clip_grid
+        if not isinstance(grid, tuple) or len(grid) == 0:
+            bad("clip_grid", grid, "a non-empty sequence of ratios in (0, 1]")
+        for g in grid:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not (0.0 < g <= 1.0):
+                bad("clip_grid", grid, "ratios in (0, 1]")
+            if not math.isfinite(g):
+                bad("clip_grid", grid, "finite ratios in (0, 1]")
+        if self.scale_dtype not in SCALE_DTYPES:
+            bad("scale_dtype", self.scale_dtype, " | ".join(map(repr, SCALE_DTYPES)))
+
+    @property
+    def qmin(self) -> int:
+        return code_range(self.bits, self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return code_range(self.bits, self.symmetric)[1]
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def scale_bits(self) -> int:
+        return torch.finfo(self.torch_scale_dtype).bits
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"QuantSpec got unknown field(s) {unknown}; allowed: {sorted(known)}"
+            )
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["clip_grid"] = list(d["clip_grid"])
+        return d
+
+    def describe(self) -> str:
+        """Short human name, e.g. 'int2 asym g32 mse'."""
+        kind = "sym" if self.symmetric else "asym"
+        gran = {"tensor": "tensor", "channel": "ch"}.get(self.granularity, f"g{self.group_size}")
+        clip = {"none": "", "fixed": f" clip{self.clip_ratio:g}", "mse": " mse"}[self.clip]
+        return f"int{self.bits} {kind} {gran}{clip}"
