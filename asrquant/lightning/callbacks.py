@@ -1,0 +1,160 @@
+"""`QuantizationCallback`: fake quantization for QAT and PTQ inside any Lightning Trainer.
+
+    trainer = Trainer(callbacks=[QuantizationCallback(recipe, mode="qat")])
+    trainer.fit(my_module, datamodule)       # fine-tunes through the quantizer
+
+    trainer = Trainer(callbacks=[QuantizationCallback(recipe, mode="ptq")])
+    trainer.test(my_trained_module, datamodule)   # tests with quantized weights
+
+It works with any LightningModule: the recipe's patterns are matched against the module's
+own parameter names (e.g. "model.encoder.*" for ours, whatever yours are called).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from asrquant.quant import (
+    QuantRecipe,
+    QuantReport,
+    attach_fake_quant,
+    detach_fake_quant,
+    fake_quant_specs,
+)
+
+CHECKPOINT_KEY = "asrquant_quantization"
+MODES = ("qat", "ptq")
+
+
+def report_metrics(report: QuantReport, prefix: str = "quant/") -> dict[str, float]:
+    t = report.totals()
+    return {
+        f"{prefix}size_mb": t["size_mb"],
+        f"{prefix}float32_mb": t["float32_mb"],
+        f"{prefix}effective_bits": t["effective_bits"] if t["num_quantized"] else 32.0,
+        f"{prefix}quantized_share": t["quantized_share"],
+    }
+
+
+class QuantizationCallback(L.Callback):
+    """Attach fake quantization for QAT (at fit set-up) or PTQ (at validation/test start).
+
+    qat: weights are fake-quantized from `setup("fit")` on, before the optimizer is built and
+         before a checkpoint is restored, so fine-tuning trains the float weights through the
+         straight-through estimator and resuming a QAT run works.
+    ptq: at validation/test start the chosen weights are replaced by their quantized values;
+         with `restore=True` (default) the float weights are put back at the end.
+
+    The report totals (size in MB, effective bits per weight, quantized share) go to every
+    logger of the Trainer and into the checkpoint under "asrquant_quantization", from which
+    `restore_quantization` re-attaches the same recipe to a fresh model.
+    """
+
+    def __init__(
+        self,
+        recipe: QuantRecipe,
+        mode: str = "qat",
+        strict: bool = False,
+        restore: bool = True,
+        target: Callable[[L.LightningModule], nn.Module] | None = None,
+        calibrate: Callable[[L.Trainer, nn.Module, QuantRecipe], QuantRecipe] | None = None,
+    ):
+        """
+        target: picks the submodule to quantize (default: the LightningModule itself).
+        calibrate: optional hook run once before attaching, given the trainer, the target and
+            the recipe, returning the recipe to use: the place for recipes that need data
+            (e.g. per-layer sensitivity measured on the validation loader).
+        """
+        if mode not in MODES:
+            raise ValueError(f"QuantizationCallback mode={mode!r} is invalid; allowed: {MODES}")
+        if not isinstance(recipe, QuantRecipe):
+            raise ValueError(f"QuantizationCallback recipe={recipe!r} is invalid; "
+                             "allowed: a QuantRecipe (see asrquant.quant.recipe_from_config)")
+        self.recipe = recipe
+        self.mode = mode
+        self.strict = strict
+        self.restore = restore
+        self.target = target
+        self.calibrate = calibrate
+        self.report: QuantReport | None = None
+        self._float_backup: dict[str, torch.Tensor] | None = None
+
+    def _module(self, pl_module: L.LightningModule) -> nn.Module:
+        return self.target(pl_module) if self.target else pl_module
+
+    def _attach(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        module = self._module(pl_module)
+        if fake_quant_specs(module):
+            return
+        if self.calibrate is not None:
+            self.recipe = self.calibrate(trainer, module, self.recipe)
+        self.report = attach_fake_quant(module, self.recipe, strict=self.strict)
+        self._log(trainer)
+
+    def _log(self, trainer: L.Trainer) -> None:
+        metrics = report_metrics(self.report)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    # -- QAT ---------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.mode == "qat" and stage == "fit":
+            self._attach(trainer, pl_module)
+
+    # -- PTQ ---------------------------------------------------------------------------
+    def _ptq_start(self, trainer, pl_module) -> None:
+        if self.mode != "ptq" or self._float_backup is not None:
+            return
+        module = self._module(pl_module)
+        self._float_backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._attach(trainer, pl_module)
+        detach_fake_quant(module, bake=True)  # quantize once, not on every forward
+
+    def _ptq_end(self, trainer, pl_module) -> None:
+        if self.mode != "ptq" or self._float_backup is None:
+            return
+        if self.restore:
+            self._module(pl_module).load_state_dict(self._float_backup)
+        self._float_backup = None
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn != "fit":
+            self._ptq_start(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.state.fn != "fit":
+            self._ptq_end(trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module):
+        self._ptq_start(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module):
+        self._ptq_end(trainer, pl_module)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "mode": self.mode,
+            "recipe": self.recipe.to_dict(),
+            "report": None if self.report is None else _finite(self.report.totals()),
+        }
+
+
+def _finite(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | None:
+    """Re-attach the recipe stored in a QAT checkpoint to `module` (before load_state_dict).
+
+    Returns the report, or None when the checkpoint holds no quantization (a float model).
+    """
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if not info or info.get("mode") != "qat":
+        return None
+    return attach_fake_quant(module, QuantRecipe.from_dict(info["recipe"]))
