@@ -1,0 +1,17 @@
+"""asrquant-eval: test WER/CER and size of a checkpoint, optionally after PTQ (Hydra;
+see conf/eval.yaml)."""
+
+import hydra
+
+from asrquant.cli.common import CONF_DIR, run_and_record
+from asrquant.lightning.pipeline import run_eval, validate_config
+
+
+@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+def main(cfg) -> None:
+    validate_config(cfg, "eval")
+    run_and_record(run_eval, cfg)
+
+
+if __name__ == "__main__":
+    main()

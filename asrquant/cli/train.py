@@ -1,0 +1,16 @@
+"""asrquant-train: float training or QAT fine-tuning (Hydra; see conf/train.yaml)."""
+
+import hydra
+
+from asrquant.cli.common import CONF_DIR, run_and_record
+from asrquant.lightning.pipeline import run_train, validate_config
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg) -> None:
+    validate_config(cfg, "train")
+    run_and_record(run_train, cfg)
+
+
+if __name__ == "__main__":
+    main()
