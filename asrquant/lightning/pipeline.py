@@ -322,9 +322,12 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         is not None else None
     results["epochs"] = trainer.current_epoch
     results["steps"] = trainer.global_step
+    results["last_dev"] = module.last_results.get("dev")
     if cfg.get("test_after_fit", True) and sources["test"] is not None:
+        module.last_results = {}
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        results["test"] = dict(module.last_results)
+        results["test"] = {n: module.last_results[n] for n in test_names
+                           if n in module.last_results}
     results.update(_size_fields(module, recipe))
     results["bad_data"] = datamodule.bad_data_summary()
     results["wall_time_s"] = time.perf_counter() - started
