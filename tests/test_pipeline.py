@@ -96,3 +96,28 @@ def test_unknown_recipe_and_misspelt_keys_are_refused_by_composition():
         cfg_of("train", ["quant=int9"])
     with pytest.raises(ConfigCompositionException, match="bitz"):
         cfg_of("train", ["quant.bitz=2"])
+
+
+def test_a_cli_sweep_records_a_failed_member_and_the_report_keeps_the_others(trained, tmp_path):
+    import subprocess
+    import sys
+
+    results, _, data = trained
+    missing = tmp_path / "missing.ckpt"
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "asrquant.cli.eval", "-m",
+           f"ckpt={results['best_checkpoint']},{missing}", "quant=float,int4",
+           f"hydra.sweep.dir={sweep}", *TINY, *data]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("results.json"))
+    assert statuses == ["failed", "failed", "ok", "ok"]
+    report = subprocess.run([sys.executable, "-m", "asrquant.cli.report", str(sweep)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    md = (sweep / "results.md").read_text()
+    assert "int4" in md and "float" in md and "Failed runs" in md
+    assert "missing.ckpt' does not exist" in md
+    assert (sweep / "wer_vs_size.png").stat().st_size > 1000
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert len(rows) == 5 and sum(",failed," in r for r in rows) == 2

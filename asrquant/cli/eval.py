@@ -9,8 +9,7 @@ from asrquant.lightning.pipeline import run_eval, validate_config
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def main(cfg) -> None:
-    validate_config(cfg, "eval")
-    run_and_record(run_eval, cfg)
+    run_and_record(lambda c, run_dir: run_eval(validate_config(c, "eval"), run_dir), cfg)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from asrquant.lightning.pipeline import run_train, validate_config
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg) -> None:
-    validate_config(cfg, "train")
-    run_and_record(run_train, cfg)
+    run_and_record(lambda c, run_dir: run_train(validate_config(c, "train"), run_dir), cfg)
 
 
 if __name__ == "__main__":

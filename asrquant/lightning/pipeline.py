@@ -375,12 +375,12 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     return results
 
 
-def validate_config(cfg, kind: str) -> None:
+def validate_config(cfg, kind: str):
     """Check a composed config before any data or model is touched: one clear ValueError
-    naming the key, the value and what is allowed."""
+    naming the key, the value and what is allowed. Returns the config."""
     from asrquant.models.sizes import MODEL_SIZES
 
-    cfg = plain(cfg)
+    original, cfg = cfg, plain(cfg)
     recipe_of(cfg)  # QuantSpec / recipe validation
     data = cfg.get("data") or {}
     if data.get("kind") not in DATA_KINDS:
@@ -409,3 +409,4 @@ def validate_config(cfg, kind: str) -> None:
             raise ValueError(f"optim.lr={lr!r} is invalid; allowed: a number > 0")
     if kind == "eval" and not cfg.get("ckpt"):
         raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt")
+    return original

@@ -1,0 +1,188 @@
+"""asrquant-report: one table and one plot from a sweep's results.json files.
+
+    asrquant-report SWEEP_DIR [--out DIR] [--test-set test] [--baseline results.json]
+
+Reads every results.json under SWEEP_DIR (a Hydra multirun folder, or any tree of runs) and
+writes results.md, results.csv and wer_vs_size.png (WER against model size, Pareto front
+marked) into --out (default SWEEP_DIR). Failed runs are listed with their errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from asrquant.io import atomic_write, atomic_write_text
+
+COLUMNS = ["run", "mode", "recipe", "bits", "sym", "granularity", "group", "clip", "size_mb",
+           "vs_float", "vs_4bit", "eff_bits", "wer", "cer", "rel_wer_change", "words"]
+
+
+def load_runs(root: Path) -> list[dict]:
+    runs = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            data = {"status": "failed", "error": f"unreadable results.json: {e}"}
+        data["_path"] = str(path.parent.relative_to(root)) or "."
+        runs.append(data)
+    return runs
+
+
+def _spec_fields(run: dict) -> dict:
+    recipe = run.get("recipe") or {}
+    default = recipe.get("default") or {}
+    mixed = bool(recipe.get("rules"))
+    return {
+        "recipe": recipe.get("name") or ("float" if not recipe else "custom"),
+        "bits": ("mixed" if mixed else default.get("bits")) if default else
+                ("mixed" if mixed else 32),
+        "sym": default.get("symmetric", ""),
+        "granularity": default.get("granularity", ""),
+        "group": default.get("group_size") or "",
+        "clip": default.get("clip", ""),
+    }
+
+
+def build_rows(runs: list[dict], test_set: str, baseline: dict | None = None):
+    ok = [r for r in runs if r.get("status") == "ok" and test_set in (r.get("test") or {})]
+    failed = [r for r in runs if r.get("status") != "ok"]
+    floats = [r for r in ok if r.get("mode") == "float"]
+    base = baseline or (floats[0] if floats else None)
+    rows = []
+    for r in ok:
+        t = r["test"][test_set]
+        rows.append({"run": r["_path"], "mode": r.get("mode", ""), **_spec_fields(r),
+                     "size_mb": r["size_bytes"] / 1e6, "eff_bits": r.get("effective_bits"),
+                     "wer": t["wer"], "cer": t.get("cer"), "words": t.get("words")})
+    fours = [row for row in rows if row["bits"] == 4]
+    best4 = min(fours, key=lambda row: row["wer"]) if fours else None
+    base_size = base["size_bytes"] / 1e6 if base else None
+    base_wer = base["test"][test_set]["wer"] if base else None
+    for row in rows:
+        row["vs_float"] = row["size_mb"] / base_size if base_size else None
+        row["vs_4bit"] = row["size_mb"] / best4["size_mb"] if best4 else None
+        row["rel_wer_change"] = ((row["wer"] - base_wer) / base_wer
+                                 if base_wer else None)
+    rows.sort(key=lambda row: (-row["size_mb"], row["wer"]))
+    return rows, failed, best4
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Runs no other run beats on both size and WER (smaller or equal on both, better on one)."""
+    front = []
+    for r in rows:
+        dominated = any(o is not r and o["size_mb"] <= r["size_mb"] and o["wer"] <= r["wer"]
+                        and (o["size_mb"] < r["size_mb"] or o["wer"] < r["wer"]) for o in rows)
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r["size_mb"])
+
+
+def _fmt(v, col):
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if col in ("vs_float", "vs_4bit"):
+            return f"{v:.3f}"
+        if col == "rel_wer_change":
+            return f"{v:+.1%}"
+        if col in ("wer", "cer"):
+            return f"{v:.4f}"
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown(rows, failed, best4, test_set, words) -> str:
+    lines = [f"Test set: `{test_set}` ({words} words). Sizes count codes, scales and zero points "
+             "and float parameters (see docs/method.md). `vs_4bit`: relative to the best 4-bit "
+             f"run{' (' + best4['run'] + ')' if best4 else ''}. Pareto-optimal runs in bold.",
+             "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    front = {id(r) for r in pareto_front(rows)}
+    for r in rows:
+        cells = [_fmt(r.get(c), c) for c in COLUMNS]
+        if id(r) in front:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        for r in failed:
+            lines.append(f"- `{r['_path']}`: {r.get('error', 'unknown error')}")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows, failed) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS + ["status", "error"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**{c: r.get(c) for c in COLUMNS}, "status": "ok", "error": ""})
+    for r in failed:
+        w.writerow({"run": r["_path"], "status": "failed", "error": r.get("error", "")})
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot(path: Path, rows, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([r["size_mb"] for r in rows], [r["wer"] for r in rows], color="tab:blue",
+               label="runs")
+    front = pareto_front(rows)
+    ax.plot([r["size_mb"] for r in front], [r["wer"] for r in front], "o-", color="tab:red",
+            label="Pareto front", markerfacecolor="none", markersize=10)
+    for r in rows:
+        ax.annotate(f"{r['recipe']}" + (" (QAT)" if r["mode"] == "qat" else ""),
+                    (r["size_mb"], r["wer"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size (MB, log scale)")
+    ax.set_ylabel("WER")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--test-set", default="test")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="results.json of the float model, if not inside the sweep")
+    ap.add_argument("--title", default="WER against model size")
+    args = ap.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        ap.error(f"sweep_dir {str(args.sweep_dir)!r} is not a folder")
+    runs = load_runs(args.sweep_dir)
+    if not runs:
+        ap.error(f"no results.json under {str(args.sweep_dir)!r}")
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    rows, failed, best4 = build_rows(runs, args.test_set, baseline)
+    out = args.out or args.sweep_dir
+    words = rows[0]["words"] if rows else 0
+    md = markdown(rows, failed, best4, args.test_set, words)
+    atomic_write_text(out / "results.md", md)
+    write_csv(out / "results.csv", rows, failed)
+    if rows:
+        plot(out / "wer_vs_size.png", rows, args.title)
+    print(md)
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}"
+          + (f", {out / 'wer_vs_size.png'}" if rows else ""))
+
+
+if __name__ == "__main__":
+    main()
