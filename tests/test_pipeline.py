@@ -98,7 +98,8 @@ def test_unknown_recipe_and_misspelt_keys_are_refused_by_composition():
         cfg_of("train", ["quant.bitz=2"])
 
 
-def test_a_cli_sweep_records_a_failed_member_and_the_report_keeps_the_others(trained, tmp_path):
+def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(trained,
+                                                                             tmp_path):
     import subprocess
     import sys
 
@@ -107,7 +108,8 @@ def test_a_cli_sweep_records_a_failed_member_and_the_report_keeps_the_others(tra
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "asrquant.cli.eval", "-m",
            f"ckpt={results['best_checkpoint']},{missing}", "quant=float,int4",
-           f"hydra.sweep.dir={sweep}", *TINY, *data]
+           f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           *TINY, *data]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("results.json"))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from asrquant.quant import (
     QuantRecipe,
@@ -63,6 +64,7 @@ class QuantizationCallback(L.Callback):
         restore: bool = True,
         target: Callable[[L.LightningModule], nn.Module] | None = None,
         calibrate: Callable[[L.Trainer, nn.Module, QuantRecipe], QuantRecipe] | None = None,
+        progress: bool = True,
     ):
         """
         target: picks the submodule to quantize (default: the LightningModule itself).
@@ -81,6 +83,7 @@ class QuantizationCallback(L.Callback):
         self.restore = restore
         self.target = target
         self.calibrate = calibrate
+        self.progress = progress
         self.report: QuantReport | None = None
         self._float_backup: dict[str, torch.Tensor] | None = None
 
@@ -113,7 +116,10 @@ class QuantizationCallback(L.Callback):
         module = self._module(pl_module)
         self._float_backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self._attach(trainer, pl_module)
-        detach_fake_quant(module, bake=True)  # quantize once, not on every forward
+        show = self.progress and trainer.is_global_zero
+        bar = (lambda items: tqdm(items, desc="PTQ: quantizing weights", unit="weight",
+                                  disable=not show, leave=False))
+        detach_fake_quant(module, bake=True, progress=bar)  # quantize once, not every forward
 
     def _ptq_end(self, trainer, pl_module) -> None:
         if self.mode != "ptq" or self._float_backup is None:

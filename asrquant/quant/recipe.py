@@ -217,21 +217,28 @@ def attach_fake_quant(
     return report
 
 
-def detach_fake_quant(model: nn.Module, bake: bool = False) -> list[str]:
-    """Remove fake quantization; with bake=True the weights keep their quantized values.
+def detach_fake_quant(
+    model: nn.Module,
+    bake: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> list[str]:
+    """Remove fake quantization; with bake=True the weights keep their quantized values
+    (this is where PTQ does its work: `progress` may wrap the parameters, e.g. tqdm).
 
     Returns the names of the parameters it was removed from.
     """
+    todo = [
+        (mod_name, mod, pname)
+        for mod_name, mod in model.named_modules()
+        if parametrize.is_parametrized(mod)
+        for pname, plist in mod.parametrizations.items()
+        if any(isinstance(p, FakeQuantize) for p in plist)
+    ]
     removed = []
-    for mod_name, mod in list(model.named_modules()):
-        if not parametrize.is_parametrized(mod):
-            continue
-        for pname in list(mod.parametrizations.keys()):
-            plist = mod.parametrizations[pname]
-            if any(isinstance(p, FakeQuantize) for p in plist):
-                with torch.no_grad():
-                    parametrize.remove_parametrizations(mod, pname, leave_parametrized=bake)
-                removed.append(f"{mod_name}.{pname}" if mod_name else pname)
+    for mod_name, mod, pname in progress(todo) if progress else todo:
+        with torch.no_grad():
+            parametrize.remove_parametrizations(mod, pname, leave_parametrized=bake)
+        removed.append(f"{mod_name}.{pname}" if mod_name else pname)
     return removed
 
 
