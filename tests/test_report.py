@@ -38,9 +38,9 @@ def sweep(tmp_path):
 def test_rows_carry_sizes_relative_to_float_and_to_the_best_4_bit_run(sweep):
     rows, failed, best4 = build_rows(load_runs(sweep), "test")
     by = {r["recipe"]: r for r in rows}
-    assert by["int2"]["vs_float"] == pytest.approx(0.6 / 8.0)
-    assert by["int2"]["vs_4bit"] == pytest.approx(0.6)
-    assert by["int4"]["rel_wer_change"] == pytest.approx(0.1)
+    assert by["int2 asym g32"]["vs_float"] == pytest.approx(0.6 / 8.0)
+    assert by["int2 asym g32"]["vs_4bit"] == pytest.approx(0.6)
+    assert by["int4 asym g32"]["rel_wer_change"] == pytest.approx(0.1)
     assert by["mixed"]["bits"] == "mixed" and by["float"]["bits"] == 32
     assert best4["run"] == "2_int4"
     assert [f["_path"] for f in failed] == ["6_broken"]
@@ -49,7 +49,8 @@ def test_rows_carry_sizes_relative_to_float_and_to_the_best_4_bit_run(sweep):
 def test_pareto_front_keeps_only_undominated_runs(sweep):
     rows, _, _ = build_rows(load_runs(sweep), "test")
     front = [r["recipe"] for r in pareto_front(rows)]
-    assert front == ["int2", "mixed", "int4", "int8"]  # float (same WER, bigger) is dominated
+    # float (same WER as int8, bigger) is dominated
+    assert front == ["int2 asym g32", "mixed", "int4 asym g32", "int8 sym ch"]
 
 
 def test_report_writes_table_csv_and_plot_and_lists_failures(sweep, capsys):

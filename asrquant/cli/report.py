@@ -38,8 +38,16 @@ def _spec_fields(run: dict) -> dict:
     recipe = run.get("recipe") or {}
     default = recipe.get("default") or {}
     mixed = bool(recipe.get("rules"))
+    if default and not mixed:
+        kind = "sym" if default.get("symmetric") else "asym"
+        gran = {"tensor": "tensor", "channel": "ch"}.get(default.get("granularity"),
+                                                          f"g{default.get('group_size')}")
+        clip = "" if default.get("clip", "none") == "none" else f" {default.get('clip')}"
+        label = f"int{default.get('bits')} {kind} {gran}{clip}"
+    else:
+        label = recipe.get("name") or "float"
     return {
-        "recipe": recipe.get("name") or ("float" if not recipe else "custom"),
+        "recipe": label,
         "bits": ("mixed" if mixed else default.get("bits")) if default else
                 ("mixed" if mixed else 32),
         "sym": default.get("symmetric", ""),
@@ -186,3 +194,75 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------- learning curves
+
+def learning_curve(run_dir: Path) -> list[dict]:
+    """Per epoch: step, mean train loss, dev loss/WER/CER, from the run's CSV log."""
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no CSV log at {str(path)!r} (train with logger=csv)")
+    epochs: dict[int, dict] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            e = epochs.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"]), "losses": []})
+            if row.get("train/loss"):
+                e["losses"].append(float(row["train/loss"]))
+                e["step"] = int(row["step"])
+            for key in ("val/wer", "val/cer", "val/loss"):
+                if row.get(key):
+                    e[key.replace("val/", "dev_")] = float(row[key])
+                    e["step"] = int(row["step"])
+    out = []
+    for e in sorted(epochs.values(), key=lambda e: e["epoch"]):
+        losses = e.pop("losses")
+        e["train_loss"] = sum(losses) / len(losses) if losses else None
+        out.append(e)
+    return out
+
+
+def curve_main(argv: list[str] | None = None) -> None:
+    """asrquant-curve RUN_DIR [--out DIR]: learning curve (loss and dev WER per epoch) of a
+    training run as Markdown table and PNG."""
+    ap = argparse.ArgumentParser(description="learning curve of a training run")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--title", default="learning curve")
+    args = ap.parse_args(argv)
+    rows = learning_curve(args.run_dir)
+    out = args.out or args.run_dir
+    lines = ["| epoch | step | train loss | dev loss | dev WER | dev CER |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| {} | {} | {} | {} | {} | {} |".format(
+            r["epoch"], r.get("step", ""), *(_fmt(r.get(k), "x") for k in (
+                "train_loss", "dev_loss")), *(_fmt(r.get(k), "wer") for k in ("dev_wer",
+                                                                               "dev_cer"))))
+    atomic_write_text(out / "learning_curve.md", "\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ep = [r["epoch"] + 1 for r in rows]
+    ax1.plot(ep, [r.get("train_loss") for r in rows], "o-", label="train loss")
+    ax1.plot(ep, [r.get("dev_loss") for r in rows], "s-", label="dev loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("CTC loss per token")
+    ax2 = ax1.twinx()
+    ax2.plot(ep, [r.get("dev_wer") for r in rows], "^-", color="tab:red", label="dev WER")
+    ax2.set_ylabel("dev WER")
+    ax2.set_ylim(0, max(1.0, max((r.get("dev_wer") or 0) for r in rows)))
+    handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax1.legend(handles, [h.get_label() for h in handles], loc="upper right")
+    ax1.set_title(args.title)
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(out / "learning_curve.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    print("\n".join(lines))

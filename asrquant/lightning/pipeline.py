@@ -313,7 +313,8 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     results = _results_base(cfg, started)
-    results["mode"] = "qat" if recipe else "float"
+    # A float model fine-tuned from a checkpoint is the control for QAT runs, not a baseline.
+    results["mode"] = "qat" if recipe else ("finetune" if cfg.get("init_from") else "float")
     results["run_dir"] = str(run_dir)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results["best_checkpoint"] = best or None
