@@ -1,0 +1,53 @@
+"""Dense packing: exact round trip for every bit width, exact byte counts."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asrquant.quant import QuantSpec, quantize
+from asrquant.quant.pack import (
+    from_unsigned,
+    pack,
+    packed_nbytes,
+    to_unsigned,
+    unpack,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(0, 300), seed=st.integers(0, 2**31 - 1))
+def test_unpack_inverts_pack_for_every_width_and_length(bits, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.int64).to(torch.uint8)
+    data = pack(codes, bits)
+    assert data.dtype == torch.uint8 and data.numel() == packed_nbytes(n, bits)
+    assert torch.equal(unpack(data, bits, n), codes)
+
+
+@pytest.mark.parametrize("bits, n, nbytes", [(2, 4, 1), (2, 5, 2), (3, 8, 3), (3, 9, 4),
+                                             (4, 3, 2), (1, 17, 3), (8, 5, 5), (5, 8, 5)])
+def test_packed_size_is_ceil_of_n_times_bits_over_8(bits, n, nbytes):
+    assert pack(torch.zeros(n, dtype=torch.uint8), bits).numel() == nbytes
+
+
+def test_two_bit_codes_go_four_to_a_byte_little_endian():
+    assert pack(torch.tensor([1, 2, 3, 0], dtype=torch.uint8), 2).tolist() == [
+        1 | 2 << 2 | 3 << 4]
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantized_codes_survive_packing(bits, symmetric):
+    w = torch.randn(7, 45)
+    qt = quantize(w, QuantSpec(bits=bits, symmetric=symmetric, group_size=16))
+    u = to_unsigned(qt.codes, bits, symmetric)
+    back = from_unsigned(unpack(pack(u, bits), bits, u.numel()), bits, symmetric)
+    assert torch.equal(back.reshape(qt.codes.shape), qt.codes)
+
+
+def test_bad_widths_and_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match="bits=9"):
+        pack(torch.zeros(3, dtype=torch.uint8), 9)
+    with pytest.raises(ValueError, match="expects 1-D uint8 of 2 bytes for 5 codes at 3 bits"):
+        unpack(torch.zeros(3, dtype=torch.uint8), 3, 5)
