@@ -1,0 +1,192 @@
+"""Packed export of a quantized recognizer, and loading it back for inference.
+
+File: one safetensors file (no pickle: loading executes no code).
+  tensors   "<param>::packed" (uint8 codes at their bit width, see asrquant.quant.pack),
+            "<param>::scale" and, if asymmetric, "<param>::zero_point" (at scale_dtype) for
+            every quantized weight; every other parameter and buffer under its own name.
+  metadata  format "asrquant.packed", format_version, model_config, tokenizer_state, recipe,
+            and "quantized": {param: {shape, dtype, spec}} (JSON strings).
+Names are those of ASRModule ("model.encoder...").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from asrquant.data.tokenizer import tokenizer_from_state
+from asrquant.io import atomic_write
+from asrquant.lightning.callbacks import CHECKPOINT_KEY
+from asrquant.lightning.module import ASRModule
+from asrquant.quant import QuantRecipe, QuantSpec, group_layout, quantize
+from asrquant.quant.pack import packed_nbytes
+from asrquant.quant.packed import PackedWeight, pack_module_weights
+
+FORMAT = "asrquant.packed"
+FORMAT_VERSION = 1
+SEP = "::"
+
+
+class ExportError(ValueError):
+    """A packed model file that cannot be trusted; the message names the file and tensor."""
+
+
+def float_state_dict(state_dict: dict) -> dict:
+    """State dict with fake-quantization parametrizations folded back to plain names."""
+    out = {}
+    for k, v in state_dict.items():
+        out[k.replace("parametrizations.", "").replace(".original", "")] = v
+    return out
+
+
+def recipe_of_checkpoint(ckpt: dict) -> QuantRecipe | None:
+    info = ckpt.get(CHECKPOINT_KEY)
+    if info and info.get("mode") == "qat":
+        return QuantRecipe.from_dict(info["recipe"])
+    return None
+
+
+def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLike) -> dict:
+    """Write the checkpoint's model quantized with `recipe` (a QAT checkpoint's own recipe if
+    None) to `path`; returns a summary with the file size. Written atomically."""
+    own = recipe_of_checkpoint(ckpt)
+    if recipe is None:
+        recipe = own
+    elif own is not None and own.to_dict() != recipe.to_dict():
+        raise ExportError(f"this QAT checkpoint was trained with recipe {own.name!r}; export it "
+                          f"with that recipe, not {recipe.name!r}")
+    if recipe is None:
+        raise ExportError("no recipe: pass quant=<recipe> for a float checkpoint")
+    module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
+    module.load_state_dict(float_state_dict(ckpt["state_dict"]))
+    plan = recipe.plan(module)
+    state = module.state_dict()
+    tensors, quantized = {}, {}
+    for name, tensor in state.items():
+        spec = plan.get(name)
+        if spec is None:
+            tensors[name] = tensor.detach().contiguous()
+            continue
+        qt = quantize(tensor.detach(), spec)
+        pw = PackedWeight.from_quantized(qt)
+        tensors[name + SEP + "packed"] = pw.packed
+        tensors[name + SEP + "scale"] = qt.scale.contiguous()
+        if qt.zero_point is not None:
+            tensors[name + SEP + "zero_point"] = qt.zero_point.contiguous()
+        quantized[name] = {"shape": list(qt.shape), "dtype": str(qt.dtype).replace("torch.", ""),
+                           "spec": spec.to_dict()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(ckpt["model_config"]),
+        "tokenizer_state": json.dumps(ckpt["tokenizer_state"]),
+        "recipe": json.dumps(recipe.to_dict()),
+        "quantized": json.dumps(quantized),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return {"path": str(path), "file_bytes": Path(path).stat().st_size,
+            "num_quantized_tensors": len(quantized), "recipe": recipe.name}
+
+
+def _meta_json(meta: dict, key: str, path) -> object:
+    try:
+        return json.loads(meta[key])
+    except KeyError:
+        raise ExportError(f"{path}: metadata lacks {key!r}") from None
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}: metadata {key!r} is not valid JSON: {e}") from None
+
+
+def _check_finite(name: str, t: torch.Tensor, path) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ExportError(f"{path}: tensor {name!r} contains NaN or Inf")
+
+
+def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRModule:
+    """Rebuild an inference ASRModule (eval mode) whose quantized weights stay packed.
+
+    The file is checked first: format and version, tensor presence, packed sizes, scale
+    shapes and dtypes, NaN/Inf; any problem raises ExportError naming the tensor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"packed model {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=map_location) as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                          f"{e}") from None
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
+                          f"version {FORMAT_VERSION}")
+    model_config = _meta_json(meta, "model_config", path)
+    tokenizer = tokenizer_from_state(_meta_json(meta, "tokenizer_state", path))
+    quantized = _meta_json(meta, "quantized", path)
+
+    packed_weights, plain = {}, {}
+    for name, info in quantized.items():
+        spec = QuantSpec.from_dict(info["spec"])
+        shape = torch.Size(info["shape"])
+        need = [name + SEP + "packed", name + SEP + "scale"]
+        if not spec.symmetric:
+            need.append(name + SEP + "zero_point")
+        missing = [k for k in need if k not in tensors]
+        if missing:
+            raise ExportError(f"{path}: quantized weight {name!r} lacks tensor(s) {missing}")
+        packed = tensors[need[0]]
+        nbytes = packed_nbytes(math.prod(shape), spec.bits)
+        if packed.dtype != torch.uint8 or packed.shape != (nbytes,):
+            raise ExportError(
+                f"{path}: tensor {need[0]!r} is {packed.dtype} {tuple(packed.shape)}; "
+                f"shape {tuple(shape)} at {spec.bits} bits needs uint8 ({nbytes},)")
+        layout = group_layout(shape, spec)
+        for key in need[1:]:
+            t = tensors[key]
+            if t.shape != (layout.rows, layout.n_groups) or t.dtype != spec.torch_scale_dtype:
+                raise ExportError(
+                    f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}; the recipe needs "
+                    f"{spec.torch_scale_dtype} ({layout.rows}, {layout.n_groups})")
+            _check_finite(key, t, path)
+        zp = tensors.get(name + SEP + "zero_point")
+        packed_weights[name] = PackedWeight(packed, tensors[need[1]], zp, shape,
+                                            getattr(torch, info["dtype"]), spec)
+    for k, t in tensors.items():
+        if SEP not in k:
+            _check_finite(k, t, path)
+            plain[k] = t
+
+    module = ASRModule(model_config, tokenizer)
+    expected = set(module.state_dict())
+    unknown = sorted(set(plain) - expected)
+    absent = sorted(expected - set(plain) - set(packed_weights))
+    if unknown or absent:
+        raise ExportError(f"{path}: tensors do not fit the model config: unexpected "
+                          f"{unknown[:5]}, missing {absent[:5]}")
+    for k, t in plain.items():
+        target = module.state_dict()[k]
+        if target.shape != t.shape:
+            raise ExportError(f"{path}: tensor {k!r} has shape {tuple(t.shape)}; the model "
+                              f"config needs {tuple(target.shape)}")
+    pack_module_weights(module, packed_weights)
+    module.load_state_dict({**plain, **{f"{_packed_key(n)}.{b}": getattr(pw, b)
+                                        for n, pw in packed_weights.items()
+                                        for b in ("packed", "scale", "zero_point")
+                                        if getattr(pw, b) is not None}})
+    return module.eval()
+
+
+def _packed_key(name: str) -> str:
+    mod, _, attr = name.rpartition(".")
+    return f"{mod}.packed_{attr}" if mod else f"packed_{attr}"

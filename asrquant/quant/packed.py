@@ -1,0 +1,100 @@
+"""Modules whose weights are stored only as packed integer codes, dequantized on the fly.
+
+`pack_module_weights(model, qtensors)` turns, in place, each named weight into a
+`PackedWeight` (packed uint8 codes + scales + zero points) and switches its module to the
+matching class below, whose `weight` (or `in_proj_weight`) is a property that dequantizes.
+The modules' own forward code is unchanged, so outputs equal those of the fake-quantized
+model bit for bit: the dequantized weight is the same tensor `fake_quantize` produces.
+
+    PackedLinear                 nn.Linear (and MultiheadAttention's out_proj)
+    PackedConv1d / PackedConv2d  nn.Conv1d (pointwise and depthwise) / nn.Conv2d
+    PackedMultiheadAttention     nn.MultiheadAttention's in_proj_weight
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .pack import from_unsigned, pack, to_unsigned, unpack
+from .primitives import QuantizedTensor, dequantize
+from .spec import QuantSpec
+
+
+class PackedWeight(nn.Module):
+    """Packed codes (uint8 buffer), scales and zero points of one weight; call it to decode."""
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor,
+                 zero_point: torch.Tensor | None, shape, dtype: torch.dtype, spec: QuantSpec):
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self.spec = spec
+
+    @classmethod
+    def from_quantized(cls, qt: QuantizedTensor) -> PackedWeight:
+        u = to_unsigned(qt.codes, qt.spec.bits, qt.spec.symmetric)
+        return cls(pack(u, qt.spec.bits), qt.scale, qt.zero_point, qt.shape, qt.dtype, qt.spec)
+
+    def quantized(self) -> QuantizedTensor:
+        u = unpack(self.packed, self.spec.bits, self.shape.numel())
+        codes = from_unsigned(u, self.spec.bits, self.spec.symmetric).reshape(self.shape)
+        return QuantizedTensor(codes, self.scale, self.zero_point, self.shape, self.dtype,
+                               self.spec)
+
+    def forward(self) -> torch.Tensor:
+        return dequantize(self.quantized())
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.shape)}, {self.spec.describe()}, {self.packed.numel()} bytes"
+
+
+def _decoded(attr: str):
+    return property(lambda self: getattr(self, f"packed_{attr}")())
+
+
+class PackedLinear(nn.Linear):
+    weight = _decoded("weight")
+
+
+class PackedConv1d(nn.Conv1d):
+    weight = _decoded("weight")
+
+
+class PackedConv2d(nn.Conv2d):
+    weight = _decoded("weight")
+
+
+class PackedMultiheadAttention(nn.MultiheadAttention):
+    in_proj_weight = _decoded("in_proj_weight")
+
+
+_PACKED_CLASS = {
+    (nn.Linear, "weight"): PackedLinear,
+    (nn.Conv1d, "weight"): PackedConv1d,
+    (nn.Conv2d, "weight"): PackedConv2d,
+    (nn.MultiheadAttention, "in_proj_weight"): PackedMultiheadAttention,
+}
+
+
+def packed_class_for(module: nn.Module, attr: str) -> type:
+    for (base, name), packed in _PACKED_CLASS.items():
+        if isinstance(module, base) and attr == name:
+            return packed
+    allowed = [f"{b.__name__}.{n}" for b, n in _PACKED_CLASS]
+    raise ValueError(f"cannot pack {type(module).__name__}.{attr}; allowed: {allowed}")
+
+
+def pack_module_weights(model: nn.Module, weights: dict[str, PackedWeight]) -> None:
+    """Replace each named weight of `model` by its PackedWeight (in place)."""
+    for name, packed in weights.items():
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name) if mod_name else model
+        cls = packed_class_for(module, attr)
+        if attr in module._parameters:
+            del module._parameters[attr]
+        module.__class__ = cls
+        module.add_module(f"packed_{attr}", packed)
