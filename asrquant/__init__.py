@@ -1,3 +1,10 @@
 """asrquant: low-bit quantization (PTQ and QAT) of Conformer speech recognizers."""
 
 __version__ = "0.1.0"
+
+
+def load_quantized(path, map_location="cpu"):
+    """Load a packed model written by `asrquant-export` (see asrquant.export.load_quantized)."""
+    from asrquant.export import load_quantized as _load
+
+    return _load(path, map_location)

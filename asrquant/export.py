@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -190,3 +191,57 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
 def _packed_key(name: str) -> str:
     mod, _, attr = name.rpartition(".")
     return f"{mod}.packed_{attr}" if mod else f"packed_{attr}"
+
+
+def header_bytes(path: str | os.PathLike) -> int:
+    """Bytes of a safetensors file before its tensor data (length prefix + JSON header)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    return 8 + n
+
+
+def run_export(cfg, run_dir: str | os.PathLike) -> dict:
+    """Hydra entry (`asrquant-export`): export `ckpt` quantized with `quant` (or, for a QAT
+    checkpoint, with its own recipe) and compare the file with the report's predicted size."""
+    import time
+
+    from asrquant.io import atomic_write_json, check_writable
+    from asrquant.lightning.pipeline import (
+        _finite,
+        git_revision,
+        load_checkpoint,
+        plain,
+        recipe_of,
+    )
+    from asrquant.quant import build_report
+
+    started = time.perf_counter()
+    cfg = plain(cfg)
+    run_dir = check_writable(run_dir)
+    recipe = recipe_of(cfg)
+    if not cfg.get("ckpt"):
+        raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt")
+    ckpt = load_checkpoint(cfg["ckpt"])
+    out = Path(cfg.get("out") or run_dir / "model.safetensors")
+    info = export_packed(ckpt, recipe, out)
+    recipe = recipe or recipe_of_checkpoint(ckpt)
+    module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
+    report = build_report(module, recipe.plan(module), recipe.name)
+    head = header_bytes(out)
+    predicted = report.stored_bytes
+    results = {
+        "status": "ok", "git_revision": git_revision(), "config": cfg, "ckpt": cfg["ckpt"],
+        "recipe": recipe.to_dict(), "path": str(out),
+        "file_bytes": info["file_bytes"], "header_bytes": head,
+        "tensor_bytes": info["file_bytes"] - head,
+        "predicted_bytes": predicted,
+        "predicted_vs_tensor_bytes": (info["file_bytes"] - head) / predicted - 1,
+        "size_bytes": report.quantized_bytes, "float32_bytes": report.float32_bytes,
+        "effective_bits": report.effective_bits, "num_params": report.num_params,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    atomic_write_json(run_dir / "export.json", _finite(results))
+    print(json.dumps({k: results[k] for k in ("path", "file_bytes", "header_bytes",
+                                              "predicted_bytes", "predicted_vs_tensor_bytes")},
+                     indent=2))
+    return results

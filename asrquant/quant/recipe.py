@@ -191,7 +191,12 @@ def build_report(
     model: nn.Module, plan: dict[str, QuantSpec], recipe_name: str = ""
 ) -> QuantReport:
     rows = [param_row(n, p, plan.get(n)) for n, p in model.named_parameters()]
-    return QuantReport(rows=rows, recipe_name=recipe_name)
+    persistent = model.state_dict(keep_vars=True)
+    buffer_bytes = sum(
+        b.numel() * b.element_size() for n, b in model.named_buffers()
+        if n in persistent
+    )
+    return QuantReport(rows=rows, recipe_name=recipe_name, buffer_bytes=buffer_bytes)
 
 
 def attach_fake_quant(

@@ -72,7 +72,9 @@ def param_row(name: str, p: torch.Tensor, spec: QuantSpec | None) -> ParamRow:
 class QuantReport:
     """Per-parameter rows and totals of a model under a quantization recipe.
 
-    Sizes count parameters only (buffers such as feature statistics are not weights):
+    Sizes count parameters only (buffers such as feature statistics are not weights; their
+    bytes are `buffer_bytes`, and `stored_bytes` = parameters + buffers predicts the size of an
+    exported file without its header):
     quantized parameters at their code width (densely packed, rounded up to whole bytes per
     tensor) plus one scale (and one zero point if asymmetric) per group at `scale_dtype`;
     other parameters at their own dtype.
@@ -80,6 +82,7 @@ class QuantReport:
 
     rows: list[ParamRow] = field(default_factory=list)
     recipe_name: str = ""
+    buffer_bytes: int = 0  # persistent buffers (e.g. feature statistics): stored, not weights
 
     @property
     def quantized_rows(self) -> list[ParamRow]:
@@ -100,6 +103,10 @@ class QuantReport:
     @property
     def quantized_bytes(self) -> int:
         return sum(r.bytes for r in self.rows)
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.quantized_bytes + self.buffer_bytes
 
     @property
     def effective_bits(self) -> float:
@@ -128,6 +135,8 @@ class QuantReport:
             "size_mb": self.quantized_bytes / 1e6,
             "effective_bits": self.effective_bits,
             "compression": self.compression,
+            "buffer_bytes": self.buffer_bytes,
+            "stored_bytes": self.stored_bytes,
         }
 
     def to_dict(self) -> dict:
