@@ -145,3 +145,21 @@ def test_ljspeech_flac_sentences_go_through_the_manifest_reader_and_evaluation(
     preds = (tmp_path / "run" / "predictions").glob("test_test_*.tsv")
     refs = [line.split("\t")[1] for line in next(preds).read_text().splitlines()[1:]]
     assert all(r == r.lower() and "," not in r for r in refs)  # normalised references
+
+
+def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(trained, tmp_path):
+    from asrquant.export import run_export
+
+    results, _, data = trained
+    ckpt = f"ckpt={results['best_checkpoint']}"
+    ptq = run_eval(cfg_of("eval", TINY + data + [ckpt, "quant=int2_asym_g32_mse"]),
+                   tmp_path / "ptq")
+    exp = run_export(cfg_of("export", [ckpt, "quant=int2_asym_g32_mse"]), tmp_path / "exp")
+    assert exp["tensor_bytes"] == exp["predicted_bytes"]
+    packed = run_eval(cfg_of("eval", TINY + data + [f"packed={exp['path']}"]), tmp_path / "pk")
+    assert packed["mode"] == "packed"
+    for name in ("test", "heldout_voices"):
+        assert packed["test"][name]["wer"] == ptq["test"][name]["wer"]
+        a = sorted((tmp_path / "ptq" / "predictions").glob(f"test_{name}_*.tsv"))[0]
+        b = sorted((tmp_path / "pk" / "predictions").glob(f"test_{name}_*.tsv"))[0]
+        assert a.read_text() == b.read_text()

@@ -164,6 +164,29 @@ def plot(path: Path, rows, title: str) -> None:
     plt.close(fig)
 
 
+def export_table(root: Path) -> str | None:
+    """Markdown table of the packed files under `root` (export.json of asrquant-export)."""
+    exports = []
+    for path in sorted(root.rglob("export.json")):
+        data = json.loads(path.read_text())
+        if data.get("status") == "ok":
+            data["_path"] = str(path.parent.relative_to(root))
+            exports.append(data)
+    if not exports:
+        return None
+    fours = [e for e in exports if (e["recipe"].get("default") or {}).get("bits") == 4
+             and not e["recipe"].get("rules")]
+    four = min(fours, key=lambda e: e["file_bytes"]) if fours else None
+    lines = ["| run | recipe | eff. bits | predicted bytes | tensor bytes | header bytes | "
+             "file bytes | file MB | file vs 4-bit |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(exports, key=lambda e: -e["file_bytes"]):
+        vs4 = f"{e['file_bytes'] / four['file_bytes']:.3f}" if four else ""
+        lines.append(f"| {e['_path']} | {e['recipe'].get('name')} | {e['effective_bits']:.3f} | "
+                     f"{e['predicted_bytes']} | {e['tensor_bytes']} | {e['header_bytes']} | "
+                     f"{e['file_bytes']} | {e['file_bytes'] / 1e6:.3f} | {vs4} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path)
@@ -187,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(out / "results.csv", rows, failed)
     if rows:
         plot(out / "wer_vs_size.png", rows, args.title)
+    exports = export_table(args.sweep_dir)
+    if exports:
+        atomic_write_text(out / "exports.md", exports)
+        print(exports)
     print(md)
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}"
           + (f", {out / 'wer_vs_size.png'}" if rows else ""))

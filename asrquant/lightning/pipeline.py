@@ -345,12 +345,14 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     _set_threads(cfg)
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     recipe = recipe_of(cfg)
-    if not cfg.get("ckpt"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/model.ckpt")
-    ckpt = load_checkpoint(cfg["ckpt"])
     sources = data_sources(cfg["data"])
     test_names = ["test", *sources["extra_test"]] if sources["test"] else list(
         sources["extra_test"])
+    if cfg.get("packed"):
+        return _eval_packed(cfg, run_dir, sources, test_names, started)
+    if not cfg.get("ckpt"):
+        raise ValueError("ckpt is missing: pass ckpt=/path/to/model.ckpt")
+    ckpt = load_checkpoint(cfg["ckpt"])
     module = module_from_checkpoint(ckpt, None, run_dir / "predictions", test_names)
     qat_ckpt = bool(fake_quant_specs(module))
     if qat_ckpt and recipe is not None:
@@ -371,6 +373,43 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     results.update(_size_fields(module, recipe))
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
+    results["wall_time_s"] = time.perf_counter() - started
+    atomic_write_json(run_dir / "results.json", _finite(results))
+    return results
+
+
+def _eval_packed(cfg: dict, run_dir: Path, sources: dict, test_names: list[str],
+                 started: float) -> dict:
+    """Test WER of a packed safetensors model (asrquant-export), weights kept packed."""
+    import json as _json
+
+    from asrquant.export import load_quantized
+
+    if recipe_of(cfg) is not None:
+        raise ValueError("packed= models carry their own recipe: evaluate them with quant=float")
+    module = load_quantized(cfg["packed"])
+    module.normalize = normalize_text
+    module.predictions_dir = run_dir / "predictions"
+    module.set_names["test"] = test_names
+    datamodule = build_datamodule(cfg, module.tokenizer, sources,
+                                  cfg["data"].get("eval_policy", "error"))
+    trainer = make_trainer(cfg, run_dir, [], checkpoints=False)
+    trainer.test(module, datamodule=datamodule)
+    from safetensors import safe_open
+
+    with safe_open(str(cfg["packed"]), "pt") as f:
+        recipe = QuantRecipe.from_dict(_json.loads(f.metadata()["recipe"]))
+    results = _results_base(cfg, started)
+    results.update({"mode": "packed", "packed": str(cfg["packed"]),
+                    "file_bytes": Path(cfg["packed"]).stat().st_size,
+                    "test": dict(module.last_results)})
+    plain_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
+    report = build_report(plain_module, recipe.plan(plain_module), recipe.name)
+    results.update({"recipe": recipe.to_dict(), "size_bytes": report.quantized_bytes,
+                    "float32_bytes": report.float32_bytes,
+                    "effective_bits": report.effective_bits, "num_params": report.num_params,
+                    "num_quantized": report.num_quantized,
+                    "quantized_share": report.quantized_share})
     results["wall_time_s"] = time.perf_counter() - started
     atomic_write_json(run_dir / "results.json", _finite(results))
     return results
@@ -408,6 +447,7 @@ def validate_config(cfg, kind: str):
         lr = optim.get("lr", 1e-3)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
             raise ValueError(f"optim.lr={lr!r} is invalid; allowed: a number > 0")
-    if kind == "eval" and not cfg.get("ckpt"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt")
+    if kind == "eval" and not cfg.get("ckpt") and not cfg.get("packed"):
+        raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt "
+                         "(or packed=/path/to/model.safetensors)")
     return original

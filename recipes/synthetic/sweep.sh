@@ -4,7 +4,10 @@
 #   2. PTQ of it at 8/4/3/2 bits x symmetric/asymmetric x per-channel/groups of 128/32
 #      x clip none/mse, plus a mixed 2/4-bit recipe;
 #   3. QAT fine-tuning at 4 and 2 bits, and the float control fine-tuned for the same steps;
-#   4. the results table (Markdown, CSV) and the WER-vs-size plot in docs/results/synthetic/.
+#   4. packed export of the main recipes and of the QAT 2-bit model, whose packed file is
+#      decoded again (its WER must equal the fake-quant one);
+#   5. the results table (Markdown, CSV), the WER-vs-size plot and the export size table in
+#      docs/results/synthetic/.
 #
 #   bash recipes/synthetic/sweep.sh                       # everything
 #   CKPT=runs/synth_float/checkpoints/best.ckpt bash recipes/synthetic/sweep.sh
@@ -56,5 +59,14 @@ $BIN/asrquant-train -m "${COMMON[@]}" experiment=finetune init_from="$CKPT" \
   quant=float,int4_asym_g128,int2_asym_g32 trainer.max_epochs=$QAT_EPOCHS \
   hydra.sweep.dir="$OUT/qat"
 
-echo "== 4. report"
+
+echo "== 5. packed export of the main recipes, and the QAT 2-bit model (file size vs report)"
+for q in int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
+  $BIN/asrquant-export ckpt="$CKPT" quant=$q hydra.run.dir="$OUT/export/$q"
+done
+QAT2=$(ls "$OUT"/qat/*quant=int2_asym_g32*/checkpoints/best.ckpt | head -1)
+$BIN/asrquant-export ckpt="$QAT2" hydra.run.dir="$OUT/export/qat_int2_asym_g32"
+echo "== 6. the packed QAT 2-bit model decodes the test sets (same WER as its fake-quant run)"
+$BIN/asrquant-eval "${COMMON[@]}" packed="$OUT/export/qat_int2_asym_g32/model.safetensors" \
+  hydra.run.dir="$OUT/packed_eval/qat_int2_asym_g32"
 $BIN/asrquant-report "$OUT" --out "$DOCS" --title "synthetic corpus: WER against size"
