@@ -247,7 +247,8 @@ def learning_curve(run_dir: Path) -> list[dict]:
     for e in sorted(epochs.values(), key=lambda e: e["epoch"]):
         losses = e.pop("losses")
         e["train_loss"] = sum(losses) / len(losses) if losses else None
-        out.append(e)
+        if e["train_loss"] is not None or "dev_wer" in e:
+            out.append(e)
     return out
 
 
