@@ -32,6 +32,7 @@ from asrquant.quant.packed import PackedWeight, pack_module_weights
 FORMAT = "asrquant.packed"
 FORMAT_VERSION = 1
 SEP = "::"
+_WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ExportError(ValueError):
@@ -119,7 +120,7 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     if not path.is_file():
         raise FileNotFoundError(f"packed model {str(path)!r} does not exist")
     try:
-        with safe_open(str(path), framework="pt", device=map_location) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             keys = set(f.keys())
             tensors = {k: f.get_tensor(k) for k in keys}
@@ -136,13 +137,23 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     tokenizer = tokenizer_from_state(_meta_json(meta, "tokenizer_state", path))
     quantized = _meta_json(meta, "quantized", path)
 
+    _meta_json(meta, "recipe", path)
     packed_weights, plain = {}, {}
     for name, info in quantized.items():
-        spec = QuantSpec.from_dict(info["spec"])
-        shape = torch.Size(info["shape"])
+        try:
+            spec = QuantSpec.from_dict(info["spec"])
+            shape = torch.Size(info["shape"])
+            dtype = _WEIGHT_DTYPES[info["dtype"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ExportError(f"{path}: metadata of quantized weight {name!r} is invalid "
+                              f"(needs spec, shape and dtype in {sorted(_WEIGHT_DTYPES)}): "
+                              f"{e!r}") from None
         need = [name + SEP + "packed", name + SEP + "scale"]
         if not spec.symmetric:
             need.append(name + SEP + "zero_point")
+        elif name + SEP + "zero_point" in tensors:
+            raise ExportError(f"{path}: tensor {name + SEP + 'zero_point'!r} present but the "
+                              "recipe of this weight is symmetric")
         missing = [k for k in need if k not in tensors]
         if missing:
             raise ExportError(f"{path}: quantized weight {name!r} lacks tensor(s) {missing}")
@@ -161,8 +172,7 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
                     f"{spec.torch_scale_dtype} ({layout.rows}, {layout.n_groups})")
             _check_finite(key, t, path)
         zp = tensors.get(name + SEP + "zero_point")
-        packed_weights[name] = PackedWeight(packed, tensors[need[1]], zp, shape,
-                                            getattr(torch, info["dtype"]), spec)
+        packed_weights[name] = PackedWeight(packed, tensors[need[1]], zp, shape, dtype, spec)
     for k, t in tensors.items():
         if SEP not in k:
             _check_finite(k, t, path)
@@ -185,7 +195,7 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
                                         for n, pw in packed_weights.items()
                                         for b in ("packed", "scale", "zero_point")
                                         if getattr(pw, b) is not None}})
-    return module.eval()
+    return module.to(map_location).eval()
 
 
 def _packed_key(name: str) -> str:

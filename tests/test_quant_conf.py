@@ -6,7 +6,7 @@ import pytest
 import torchaudio
 import yaml
 
-from asrquant.quant import QuantSpec, attach_fake_quant, recipe_from_config
+from asrquant.quant import QuantSpec, attach_fake_quant, canonical_name, recipe_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "quant"
 FILES = sorted(CONF.glob("*.yaml"))
@@ -22,7 +22,7 @@ def test_the_papers_recipe_space_is_there():
 def test_each_recipe_file_builds_and_attaches(path):
     cfg = yaml.safe_load(path.read_text())
     recipe = recipe_from_config(cfg)
-    assert recipe.name == path.stem
+    assert recipe.name == (path.stem if cfg.get("rules") else canonical_name(recipe.default))
     model = torchaudio.models.Conformer(input_dim=16, num_heads=2, ffn_dim=32, num_layers=1,
                                         depthwise_conv_kernel_size=7)
     report = attach_fake_quant(model, recipe, strict=True)
@@ -56,3 +56,9 @@ def test_bad_recipe_configs_name_the_key_and_value(cfg, needle):
     with pytest.raises(ValueError) as e:
         recipe_from_config(cfg)
     assert needle in str(e.value)
+
+
+def test_overridden_fields_rename_the_recipe():
+    cfg = yaml.safe_load((CONF / "int8.yaml").read_text())
+    assert recipe_from_config(cfg).name == "int8_sym_ch"
+    assert recipe_from_config({**cfg, "bits": 3, "clip": "mse"}).name == "int3_sym_ch_mse"

@@ -114,6 +114,10 @@ class QuantizationCallback(L.Callback):
         if self.mode != "ptq" or self._float_backup is not None:
             return
         module = self._module(pl_module)
+        if fake_quant_specs(module):
+            raise ValueError("PTQ needs a float model, but this one already has fake "
+                             "quantization attached (a QAT model?): test it without the "
+                             "PTQ callback")
         self._float_backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self._attach(trainer, pl_module)
         show = self.progress and trainer.is_global_zero
@@ -141,6 +145,9 @@ class QuantizationCallback(L.Callback):
 
     def on_test_end(self, trainer, pl_module):
         self._ptq_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._ptq_end(trainer, pl_module)  # never leave a user's model with baked weights
 
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:

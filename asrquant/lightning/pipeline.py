@@ -27,6 +27,7 @@ from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import CharTokenizer, tokenizer_from_state, train_sentencepiece
 from asrquant.io import atomic_write_json, check_writable
 from asrquant.lightning.callbacks import (
+    CHECKPOINT_KEY,
     QuantizationCallback,
     report_metrics,
     restore_quantization,
@@ -85,7 +86,7 @@ def data_sources(data: dict) -> dict[str, Any]:
     elif kind == "librispeech":
         root = data.get("root")
         if not root:
-            raise ValueError("data.root is missing: the folder that holds LibriSpeech/<split>/")
+            raise ValueError("data.root is missing: the folder that holds train-clean-100/, dev-clean/, ...")
 
         def ls(splits):
             return None if not splits else {"librispeech": root, "splits": list(splits)}
@@ -291,9 +292,14 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
 
     if cfg.get("init_from"):
         ckpt = load_checkpoint(cfg["init_from"])
-        if ckpt.get("asrquant_quantization", {}) and recipe is not None:
-            raise ValueError(f"init_from={cfg['init_from']!r} is already quantization-aware; "
-                             "start QAT from a float checkpoint")
+        info = ckpt.get(CHECKPOINT_KEY) or {}
+        if info.get("mode") == "qat":  # continue QAT with the checkpoint's own recipe
+            own = QuantRecipe.from_dict(info["recipe"])
+            if recipe is not None and recipe.to_dict() != own.to_dict():
+                raise ValueError(f"init_from={cfg['init_from']!r} was trained with recipe "
+                                 f"{own.name!r}; continue it with quant=float (its own recipe "
+                                 f"is kept), or start {recipe.name!r} from a float checkpoint")
+            recipe = own
         module = module_from_checkpoint(ckpt, optim, predictions, test_names)
         tokenizer = module.tokenizer
     else:
@@ -310,7 +316,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     trainer = make_trainer(cfg, run_dir, callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.is_file() and cfg.get("resume", True) else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
     results = _results_base(cfg, started)
     # A float model fine-tuned from a checkpoint is the control for QAT runs, not a baseline.
@@ -326,7 +332,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     results["last_dev"] = module.last_results.get("dev")
     if cfg.get("test_after_fit", True) and sources["test"] is not None:
         module.last_results = {}
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results["test"] = {n: module.last_results[n] for n in test_names
                            if n in module.last_results}
     results.update(_size_fields(module, recipe))
@@ -345,7 +351,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     _set_threads(cfg)
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     recipe = recipe_of(cfg)
-    sources = data_sources(cfg["data"])
+    sources = data_sources({**cfg["data"], "dev_fraction": 0.0})
     test_names = ["test", *sources["extra_test"]] if sources["test"] else list(
         sources["extra_test"])
     if cfg.get("packed"):
@@ -450,4 +456,15 @@ def validate_config(cfg, kind: str):
     if kind == "eval" and not cfg.get("ckpt") and not cfg.get("packed"):
         raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt "
                          "(or packed=/path/to/model.safetensors)")
+    if kind == "eval" and cfg.get("ckpt") and cfg.get("packed"):
+        raise ValueError(f"ckpt={cfg['ckpt']!r} and packed={cfg['packed']!r} are both set; "
+                         "allowed: one of them")
+    for key in ("ckpt", "packed", "init_from"):
+        if cfg.get(key) and not Path(cfg[key]).is_file():
+            raise ValueError(f"{key}={cfg[key]!r} is not a file")
+    if kind == "eval" and data.get("kind") in ("manifest", "librispeech"):
+        tests = data.get("test") or data.get("extra_test") or data.get("test_splits")
+        if not tests:
+            raise ValueError("nothing to evaluate: data.test (or data.extra_test / "
+                             "data.test_splits) is empty")
     return original

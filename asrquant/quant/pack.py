@@ -13,7 +13,9 @@ import torch
 
 from .spec import code_range
 
-_LANES = torch.arange(8, dtype=torch.uint8)
+
+def _lanes(n: int, device) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.uint8, device=device)
 
 
 def packed_nbytes(numel: int, bits: int) -> int:
@@ -42,12 +44,12 @@ def pack(u: torch.Tensor, bits: int) -> torch.Tensor:
     if 8 % bits == 0:  # whole codes per byte: shift and or
         per = 8 // bits
         flat = torch.nn.functional.pad(flat, (0, (-n) % per)).reshape(-1, per)
-        shifts = (torch.arange(per, dtype=torch.uint8) * bits)
+        shifts = _lanes(per, flat.device) * bits
         return (flat << shifts).sum(dim=1, dtype=torch.uint8)[:nbytes]
     # General widths: expand to bits, regroup by 8, fold into bytes.
     flat = torch.nn.functional.pad(flat, (0, (-n) % 8))
-    stream = ((flat.unsqueeze(1) >> _LANES[:bits]) & 1).reshape(-1, 8)
-    return (stream << _LANES).sum(dim=1, dtype=torch.uint8)[:nbytes]
+    stream = ((flat.unsqueeze(1) >> _lanes(bits, flat.device)) & 1).reshape(-1, 8)
+    return (stream << _lanes(8, flat.device)).sum(dim=1, dtype=torch.uint8)[:nbytes]
 
 
 def unpack(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -63,9 +65,9 @@ def unpack(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     mask = (1 << bits) - 1
     if 8 % bits == 0:
         per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.uint8) * bits
+        shifts = _lanes(per, data.device) * bits
         return ((data.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel]
-    stream = ((data.unsqueeze(1) >> _LANES) & 1).reshape(-1)
+    stream = ((data.unsqueeze(1) >> _lanes(8, data.device)) & 1).reshape(-1)
     stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % bits))
     stream = stream[: numel * bits].reshape(numel, bits)
-    return (stream << _LANES[:bits]).sum(dim=1, dtype=torch.uint8)
+    return (stream << _lanes(bits, data.device)).sum(dim=1, dtype=torch.uint8)

@@ -266,6 +266,9 @@ _SPEC_KEYS = ("bits", "symmetric", "granularity", "group_size", "clip", "clip_ra
 def recipe_from_config(cfg: dict) -> QuantRecipe:
     """Build a recipe from the flat form used by `conf/quant/*.yaml`.
 
+    A recipe without rules is named after its spec (`canonical_name`), so a run made with
+    `quant=int8 quant.bits=4` is called int4_sym_ch, not int8; mixed recipes keep `name`.
+
         name: int2_asym_g32
         bits: 2            # null: float (nothing quantized by default)
         symmetric: false
@@ -307,4 +310,16 @@ def recipe_from_config(cfg: dict) -> QuantRecipe:
         if "granularity" in r and r["granularity"] != "group" and "group_size" not in r:
             merged["group_size"] = None
         rules.append(QuantRule(pattern, QuantSpec.from_dict(merged), only))
+    if not rules:  # the name says what the recipe is, even after field overrides
+        name = canonical_name(default)
     return QuantRecipe(default=default, rules=tuple(rules), name=name)
+
+
+def canonical_name(spec: QuantSpec | None) -> str:
+    """'float', or e.g. 'int2_asym_g32_mse', 'int4_sym_ch', 'int3_asym_tensor_clip0.9'."""
+    if spec is None:
+        return "float"
+    gran = {"tensor": "tensor", "channel": "ch"}.get(spec.granularity, f"g{spec.group_size}")
+    clip = {"none": "", "mse": "_mse", "fixed": f"_clip{spec.clip_ratio:g}"}[spec.clip]
+    scale = "" if spec.scale_dtype == "float16" else f"_{spec.scale_dtype}"
+    return f"int{spec.bits}_{'sym' if spec.symmetric else 'asym'}_{gran}{clip}{scale}"

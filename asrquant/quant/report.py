@@ -165,7 +165,7 @@ class QuantReport:
                     str(r.bytes),
                 )
             )
-        widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(head)]
+        widths = [max([len(h), *(len(row[i]) for row in lines)]) for i, h in enumerate(head)]
         fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
         out = [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(row) for row in lines]
         t = self.totals()
