@@ -86,7 +86,8 @@ def data_sources(data: dict) -> dict[str, Any]:
     elif kind == "librispeech":
         root = data.get("root")
         if not root:
-            raise ValueError("data.root is missing: the folder that holds train-clean-100/, dev-clean/, ...")
+            raise ValueError("data.root is missing: the folder that holds "
+                             "train-clean-100/, dev-clean/, ...")
 
         def ls(splits):
             return None if not splits else {"librispeech": root, "splits": list(splits)}
