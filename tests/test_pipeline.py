@@ -119,7 +119,7 @@ def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(t
     assert report.returncode == 0, report.stderr[-3000:]
     md = (sweep / "results.md").read_text()
     assert "int4" in md and "float" in md and "Failed runs" in md
-    assert "missing.ckpt' does not exist" in md
+    assert "missing.ckpt' is not a file" in md
     assert (sweep / "wer_vs_size.png").stat().st_size > 1000
     rows = (sweep / "results.csv").read_text().splitlines()
     assert len(rows) == 5 and sum(",failed," in r for r in rows) == 2
