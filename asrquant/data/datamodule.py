@@ -67,10 +67,12 @@ class DurationBatchSampler(Sampler[list[int]]):
     """Batches of indices of similar duration, each holding at most `max_batch_seconds` of
     padded audio (batch size x longest item), so batch memory stays about constant.
 
-    Each epoch, indices are shuffled within duration buckets (durations rounded to
-    `bucket_seconds`), cut into batches in duration order, and the batch order is shuffled;
-    all from a generator seeded with (seed, epoch), so an epoch is reproducible. An item
-    longer than max_batch_seconds forms a batch of its own.
+    Batches are formed once: indices shuffled within duration buckets (durations rounded to
+    `bucket_seconds`) with a generator seeded by `seed`, then cut into batches in duration
+    order. Each epoch shuffles the order of the batches (generator seeded with (seed, epoch)),
+    so an epoch is reproducible and every epoch has the same number of batches: Lightning
+    reads the length once, and an epoch with fewer batches would skip its validation. An
+    item longer than max_batch_seconds forms a batch of its own.
 
     With DDP, each of `num_replicas` ranks takes every num_replicas-th batch; the batch list is
     first padded by repeating its first batches (or, with drop_last, cut) so that every rank
@@ -116,10 +118,9 @@ class DurationBatchSampler(Sampler[list[int]]):
         """Batches for every rank, for the current epoch."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
-        rng = np.random.default_rng([self.seed, self.epoch])
         order = np.arange(len(self.durations))
         if self.shuffle:
-            order = rng.permutation(order)
+            order = np.random.default_rng(self.seed).permutation(order)
             buckets = np.floor(self.durations[order] / self.bucket_seconds)
             order = order[np.argsort(buckets, kind="stable")]
         else:
@@ -135,6 +136,7 @@ class DurationBatchSampler(Sampler[list[int]]):
         if batch:
             batches.append(batch)
         if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.num_replicas > 1:
             if self.drop_last:

@@ -211,3 +211,23 @@ def test_datamodule_reports_load_time_failures_after_fit(corpus, caplog):
     assert summary.startswith("skipped 2 utterances")
     assert "nan (contains NaN or Inf samples" in summary and "missing file" in summary
     assert summary in caplog.text
+
+
+def test_every_epoch_has_the_same_number_of_batches():
+    """Lightning reads the length once; a shorter epoch would silently skip validation."""
+    import numpy as np
+
+    from asrquant.data.datamodule import DurationBatchSampler
+
+    durations = np.random.default_rng(0).uniform(0.5, 6.0, size=500)
+    sampler = DurationBatchSampler(durations, max_batch_seconds=20.0, shuffle=True, seed=3)
+    counts = set()
+    orders = set()
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        counts.add(len(batches))
+        assert len(batches) == len(sampler)
+        orders.add(tuple(tuple(b) for b in batches[:3]))
+    assert len(counts) == 1
+    assert len(orders) > 1  # the batch order still changes from epoch to epoch
