@@ -29,9 +29,16 @@ def load_runs(root: Path) -> list[dict]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             data = {"status": "failed", "error": f"unreadable results.json: {e}"}
-        data["_path"] = str(path.parent.relative_to(root)) or "."
+        data["_path"] = short_run_name(path.parent.relative_to(root))
         runs.append(data)
     return runs
+
+
+def short_run_name(rel: Path) -> str:
+    """'ptq_group/13_quant.bits=4,quant.clip=mse,...' -> 'ptq_group/13' (Hydra job folders
+    start with the job number; the overrides are in the other columns)."""
+    parts = [p.split("_", 1)[0] if p[:1].isdigit() else p for p in rel.parts]
+    return "/".join(parts) or "."
 
 
 def _spec_fields(run: dict) -> dict:
