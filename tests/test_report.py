@@ -27,7 +27,8 @@ def sweep(tmp_path):
         "3_int2": result("ptq", "int2", 2, 0.6, 0.30),
         "4_int2_bad": result("ptq", "int2_sym", 2, 0.6, 0.50, sym=True),
         "5_mixed": result("ptq", "mixed", 2, 0.7, 0.20, rules=[{"pattern": "x"}]),
-        "6_broken": {"status": "failed", "error": "RuntimeError: out of memory"},
+        "6_broken": {"status": "failed", "error": "RuntimeError: out of memory",
+                     "overrides": ["quant=int2_sym"]},
     }
     for name, r in runs.items():
         (tmp_path / name).mkdir()
@@ -42,8 +43,8 @@ def test_rows_carry_sizes_relative_to_float_and_to_the_best_4_bit_run(sweep):
     assert by["int2 asym g32"]["vs_4bit"] == pytest.approx(0.6)
     assert by["int4 asym g32"]["rel_wer_change"] == pytest.approx(0.1)
     assert by["mixed"]["bits"] == "mixed" and by["float"]["bits"] == 32
-    assert best4["run"] == "2_int4"
-    assert [f["_path"] for f in failed] == ["6_broken"]
+    assert best4["run"] == "2"  # Hydra job folders are named by their number
+    assert [f["_path"] for f in failed] == ["6"]
 
 
 def test_pareto_front_keeps_only_undominated_runs(sweep):
@@ -57,7 +58,7 @@ def test_report_writes_table_csv_and_plot_and_lists_failures(sweep, capsys):
     main([str(sweep)])
     md = (sweep / "results.md").read_text()
     assert "| run | mode | recipe | bits |" in md
-    assert "6_broken`: RuntimeError: out of memory" in md
+    assert "- `6` (`quant=int2_sym`): RuntimeError: out of memory" in md
     assert "1000 words" in md
     assert (sweep / "results.csv").read_text().count("\n") == 8
     assert (sweep / "wer_vs_size.png").read_bytes()[:4] == b"\x89PNG"

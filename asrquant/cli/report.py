@@ -129,7 +129,9 @@ def markdown(rows, failed, best4, test_set, words) -> str:
     if failed:
         lines += ["", "Failed runs:", ""]
         for r in failed:
-            lines.append(f"- `{r['_path']}`: {r.get('error', 'unknown error')}")
+            overrides = " ".join(r.get("overrides") or [])
+            where = f"`{r['_path']}`" + (f" (`{overrides}`)" if overrides else "")
+            lines.append(f"- {where}: {r.get('error', 'unknown error')}")
     return "\n".join(lines) + "\n"
 
 
