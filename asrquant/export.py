@@ -63,8 +63,8 @@ def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLik
     elif own is not None and own.to_dict() != recipe.to_dict():
         raise ExportError(f"this QAT checkpoint was trained with recipe {own.name!r}; export it "
                           f"with that recipe, not {recipe.name!r}")
-    if recipe is None:
-        raise ExportError("no recipe: pass quant=<recipe> for a float checkpoint")
+    if recipe is None:  # a float file: every tensor at its own dtype
+        recipe = QuantRecipe(None, name="float")
     module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
     module.load_state_dict(float_state_dict(ckpt["state_dict"]))
     plan = recipe.plan(module)
@@ -234,7 +234,7 @@ def run_export(cfg, run_dir: str | os.PathLike) -> dict:
     ckpt = load_checkpoint(cfg["ckpt"])
     out = Path(cfg.get("out") or run_dir / "model.safetensors")
     info = export_packed(ckpt, recipe, out)
-    recipe = recipe or recipe_of_checkpoint(ckpt)
+    recipe = recipe or recipe_of_checkpoint(ckpt) or QuantRecipe(None, name="float")
     module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
     report = build_report(module, recipe.plan(module), recipe.name)
     head = header_bytes(out)
@@ -247,7 +247,8 @@ def run_export(cfg, run_dir: str | os.PathLike) -> dict:
         "predicted_bytes": predicted,
         "predicted_vs_tensor_bytes": (info["file_bytes"] - head) / predicted - 1,
         "size_bytes": report.quantized_bytes, "float32_bytes": report.float32_bytes,
-        "effective_bits": report.effective_bits, "num_params": report.num_params,
+        "effective_bits": report.effective_bits if report.num_quantized else 32.0,
+        "num_params": report.num_params,
         "wall_time_s": time.perf_counter() - started,
     }
     atomic_write_json(run_dir / "export.json", _finite(results))

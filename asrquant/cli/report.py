@@ -147,27 +147,37 @@ def write_csv(path: Path, rows, failed) -> None:
 
 
 def plot(path: Path, rows, title: str) -> None:
+    """WER (log scale) against size (log scale); Pareto-optimal runs circled and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([r["size_mb"] for r in rows], [r["wer"] for r in rows], color="tab:blue",
-               label="runs")
+    rows = [r for r in rows if r["mode"] != "packed"]  # same WER as the run it came from
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"float": ("s", "black", "float"), "finetune": ("s", "grey", "float fine-tuned"),
+              "ptq": ("o", "tab:blue", "PTQ"), "qat": ("^", "tab:orange", "QAT")}
+    for mode, (marker, color, label) in styles.items():
+        pts = [r for r in rows if r["mode"] == mode]
+        if pts:
+            ax.scatter([r["size_mb"] for r in pts], [max(r["wer"], 1e-4) for r in pts],
+                       marker=marker, color=color, label=label, s=28, zorder=3)
     front = pareto_front(rows)
-    ax.plot([r["size_mb"] for r in front], [r["wer"] for r in front], "o-", color="tab:red",
-            label="Pareto front", markerfacecolor="none", markersize=10)
-    for r in rows:
-        ax.annotate(f"{r['recipe']}" + (" (QAT)" if r["mode"] == "qat" else ""),
-                    (r["size_mb"], r["wer"]), fontsize=7, xytext=(3, 3),
+    ax.plot([r["size_mb"] for r in front], [max(r["wer"], 1e-4) for r in front], "-",
+            color="tab:red", label="Pareto front", zorder=2)
+    ax.scatter([r["size_mb"] for r in front], [max(r["wer"], 1e-4) for r in front],
+               facecolors="none", edgecolors="tab:red", s=110, zorder=4)
+    for r in front:
+        ax.annotate(r["recipe"] + (" (QAT)" if r["mode"] == "qat" else ""),
+                    (r["size_mb"], max(r["wer"], 1e-4)), fontsize=7, xytext=(5, 4),
                     textcoords="offset points")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("model size (MB, log scale)")
-    ax.set_ylabel("WER")
+    ax.set_ylabel("WER (log scale)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
@@ -185,14 +195,21 @@ def export_table(root: Path) -> str | None:
         return None
     fours = [e for e in exports if (e["recipe"].get("default") or {}).get("bits") == 4
              and not e["recipe"].get("rules")]
+    floats = [e for e in exports
+              if not e["recipe"].get("default") and not e["recipe"].get("rules")]
+    f32 = floats[0] if floats else None
     four = min(fours, key=lambda e: e["file_bytes"]) if fours else None
     lines = ["| run | recipe | eff. bits | predicted bytes | tensor bytes | header bytes | "
-             "file bytes | file MB | file vs 4-bit |", "|---|---|---|---|---|---|---|---|---|"]
+             "file bytes | file MB | file vs float32 | file vs 4-bit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(exports, key=lambda e: -e["file_bytes"]):
         vs4 = f"{e['file_bytes'] / four['file_bytes']:.3f}" if four else ""
-        lines.append(f"| {e['_path']} | {e['recipe'].get('name')} | {e['effective_bits']:.3f} | "
+        vsf = f"{e['file_bytes'] / f32['file_bytes']:.4f}" if f32 else ""
+        bits = e.get("effective_bits")
+        lines.append(f"| {e['_path']} | {e['recipe'].get('name')} | "
+                     f"{'' if bits is None else f'{bits:.3f}'} | "
                      f"{e['predicted_bytes']} | {e['tensor_bytes']} | {e['header_bytes']} | "
-                     f"{e['file_bytes']} | {e['file_bytes'] / 1e6:.3f} | {vs4} |")
+                     f"{e['file_bytes']} | {e['file_bytes'] / 1e6:.3f} | {vsf} | {vs4} |")
     return "\n".join(lines) + "\n"
 
 

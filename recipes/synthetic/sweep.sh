@@ -14,7 +14,8 @@
 #   CKPT=runs/synth_float/checkpoints/best.ckpt bash recipes/synthetic/sweep.sh
 #   QUICK=1 bash recipes/synthetic/sweep.sh               # a smoke run in minutes
 # Environment: OUT (default runs/synthetic_sweep), DOCS (default docs/results/synthetic;
-# with QUICK, OUT/report), THREADS (default 2).
+# with QUICK, OUT/report), THREADS (default 2), FROM (first stage to run, default 1: an
+# interrupted sweep resumes with e.g. FROM=4 CKPT=...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 make install >/dev/null
@@ -38,6 +39,9 @@ else
   BITS=8,4,3,2
 fi
 mkdir -p "$OUT"
+FROM=${FROM:-1}
+# Paths inside Hydra overrides are quoted: sweep folders contain '=' and ','.
+q() { printf "'%s'" "$1"; }
 
 # A stage whose members all failed stops the recipe; a partly failed sweep goes on (the
 # report lists the failures).
@@ -54,6 +58,7 @@ PY
 }
 
 if [[ -z "${CKPT:-}" ]]; then
+  [[ $FROM -le 1 ]] || { echo "FROM=$FROM needs CKPT"; exit 2; }
   echo "== 1. float baseline"
   $BIN/asrquant-train experiment=float_baseline "${COMMON[@]}" ${TRAIN[@]+"${TRAIN[@]}"} \
     hydra.run.dir="$OUT/float"
@@ -63,33 +68,37 @@ else
   echo "== 1. float baseline: using $CKPT"
 fi
 
+if [[ $FROM -le 2 ]]; then
 echo "== 2. PTQ grid"
-$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" quant=float,mixed_attn4_rest2 \
+$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" quant=float,mixed_attn4_rest2 \
   hydra.sweep.dir="$OUT/ptq_float_mixed"
-$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" quant=int8 quant.bits=$BITS \
+$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" quant=int8 quant.bits=$BITS \
   quant.symmetric=true,false quant.clip=none,mse hydra.sweep.dir="$OUT/ptq_channel"
-$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" quant=int4_asym_g128 quant.bits=$BITS \
+$BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" quant=int4_asym_g128 quant.bits=$BITS \
   quant.symmetric=true,false quant.group_size=128,32 quant.clip=none,mse \
   hydra.sweep.dir="$OUT/ptq_group"
 for d in ptq_float_mixed ptq_channel ptq_group; do check_stage "$OUT/$d"; done
+fi
 
+if [[ $FROM -le 3 ]]; then
 echo "== 3. QAT at 4 and 2 bits, and the float control with the same steps"
-$BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$CKPT" \
+$BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
   quant=float,int4_asym_g128,int2_asym_g32 trainer.max_epochs=$QAT_EPOCHS \
   hydra.sweep.dir="$OUT/qat"
 check_stage "$OUT/qat"
+fi
 
 echo "== 4. packed export of the main recipes, and of the QAT 2-bit model"
-for q in int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
-  $BIN/asrquant-export ckpt="$CKPT" quant=$q hydra.run.dir="$OUT/export/$q"
+for q in float int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
+  $BIN/asrquant-export ckpt="$(q "$CKPT")" quant=$q hydra.run.dir="$(q "$OUT/export/$q")"
 done
 QAT2_DIR=$(dirname "$(dirname "$(ls "$OUT"/qat/*quant=int2_asym_g32*/checkpoints/best.ckpt)")")
-$BIN/asrquant-export ckpt="$QAT2_DIR/checkpoints/best.ckpt" \
-  hydra.run.dir="$OUT/export/qat_int2_asym_g32"
+$BIN/asrquant-export ckpt="$(q "$QAT2_DIR/checkpoints/best.ckpt")" \
+  hydra.run.dir="$(q "$OUT/export/qat_int2_asym_g32")"
 
 echo "== 5. the packed QAT 2-bit file decodes the test sets with the fake-quant WER"
-$BIN/asrquant-eval "${COMMON[@]}" packed="$OUT/export/qat_int2_asym_g32/model.safetensors" \
-  hydra.run.dir="$OUT/packed_eval/qat_int2_asym_g32"
+$BIN/asrquant-eval "${COMMON[@]}" packed="$(q "$OUT/export/qat_int2_asym_g32/model.safetensors")" \
+  hydra.run.dir="$(q "$OUT/packed_eval/qat_int2_asym_g32")"
 .venv/bin/python - "$QAT2_DIR/results.json" \
   "$OUT/packed_eval/qat_int2_asym_g32/results.json" <<'PY'
 import json, sys
