@@ -29,3 +29,19 @@ def test_every_experiment_composes_and_validates(name):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.dir=/d"]
                       if name.startswith("fsdd") else [f"experiment={name}"])
     validate_config(cfg, "train")
+
+
+def test_callbacks_group_builds_checkpointing_and_early_stopping(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from asrquant.lightning.pipeline import make_callbacks, plain
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = plain(compose(config_name="train", overrides=["callbacks=early_stop"]))
+    cbs = make_callbacks(cfg, tmp_path)
+    ck = next(c for c in cbs if isinstance(c, ModelCheckpoint))
+    assert ck.monitor == "val/wer" and ck.save_last
+    es = next(c for c in cbs if isinstance(c, EarlyStopping))
+    assert es.patience == 5
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['swa'\]"):
+        make_callbacks({"callbacks": {"swa": {}}}, tmp_path)

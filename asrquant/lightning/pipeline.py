@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asrquant.data.datamodule import ASRDataModule
@@ -194,15 +194,28 @@ def make_loggers(cfg: dict, run_dir: Path) -> list:
     return loggers
 
 
+def make_callbacks(cfg: dict, run_dir: Path) -> list:
+    """The `callbacks` config group: checkpointing, early stopping, lr monitor."""
+    ccfg = cfg.get("callbacks") or {}
+    allowed = {"checkpoint", "early_stopping", "lr_monitor"}
+    unknown = sorted(set(ccfg) - allowed)
+    if unknown:
+        raise ValueError(f"callbacks got unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    ck = {"monitor": "val/wer", "mode": "min", "save_top_k": 1, "save_last": True,
+          **(ccfg.get("checkpoint") or {})}
+    out = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
+                           auto_insert_metric_name=False, **ck)]
+    if ccfg.get("early_stopping"):
+        out.append(EarlyStopping(**ccfg["early_stopping"]))
+    if ccfg.get("lr_monitor"):
+        out.append(LearningRateMonitor(logging_interval="step"))
+    return out
+
+
 def make_trainer(cfg: dict, run_dir: Path, callbacks: list, checkpoints: bool = True):
     tcfg = dict(cfg["trainer"])
     if checkpoints:
-        callbacks = [
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/wer", mode="min",
-                            save_last=True, save_top_k=1, filename="best",
-                            auto_insert_metric_name=False),
-            *callbacks,
-        ]
+        callbacks = [*make_callbacks(cfg, run_dir), *callbacks]
     return L.Trainer(
         default_root_dir=run_dir,
         logger=make_loggers(cfg, run_dir),
