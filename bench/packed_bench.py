@@ -6,7 +6,7 @@
 For float32 and packed int4 / int2 (asymmetric, groups of --group-size, every Linear and
 Conv quantized): file size, resident weight memory (bytes of parameters and buffers of the
 loaded model, and the process RSS growth while loading), and per-utterance latency of greedy
-decoding (batch of one, median over the same utterances for every model).
+decoding (batch of one, median over the same utterances, the models taking turns).
 Targets (issue 5): int2 file <= 1/14 of float32 at group 128; int2 latency <= 1.5x float32.
 Without --ckpt a randomly initialised model of --size is used (sizes and latency do not
 depend on training). Utterances come from the synthetic corpus if it is cached, else noise.
@@ -55,15 +55,20 @@ def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
     return [0.1 * torch.randn(int(16000 * (2 + i % 3)), generator=g) for i in range(n)]
 
 
-def latency_ms(module, audio) -> float:
-    times = []
+def latencies_ms(modules: dict, audio, rounds: int = 3) -> dict:
+    """Median per-utterance decoding time of each model. Models take turns on every
+    utterance (interleaved, `rounds` times), so drift in machine speed hits all alike."""
+    times = {name: [] for name in modules}
     with torch.inference_mode():
-        module.transcribe(audio[:2])  # warm-up
-        for a in audio:
-            t0 = time.perf_counter()
-            module.transcribe([a])
-            times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+        for m in modules.values():
+            m.transcribe(audio[:2])  # warm-up
+        for _ in range(rounds):
+            for a in audio:
+                for name, m in modules.items():
+                    t0 = time.perf_counter()
+                    m.transcribe([a])
+                    times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -90,6 +95,7 @@ def main():
     results = {"size": args.size, "ckpt": args.ckpt, "threads": args.threads,
                "utterances": len(audio), "group_size": args.group_size,
                "torch": torch.__version__, "machine": platform.machine(), "models": {}}
+    loaded = {}
     with tempfile.TemporaryDirectory() as tmp:
         float_path = Path(tmp) / "float32.safetensors"
         save_file({k: v.contiguous() for k, v in ckpt["state_dict"].items()}, str(float_path))
@@ -113,10 +119,11 @@ def main():
             entry = {"file_bytes": path.stat().st_size,
                      "weight_memory_bytes": model_bytes(module),
                      "rss_growth_on_load_bytes": rss_bytes() - before}
-            if audio:
-                entry["latency_ms_median"] = latency_ms(module, audio)
             results["models"][name] = entry
-            del module
+            loaded[name] = module
+        if audio:
+            for name, ms in latencies_ms(loaded, audio).items():
+                results["models"][name]["latency_ms_median"] = ms
     f32 = results["models"]["float32"]
     for name in ("int4", "int2"):
         m = results["models"][name]

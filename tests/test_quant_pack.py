@@ -51,3 +51,26 @@ def test_bad_widths_and_sizes_are_clear_errors():
         pack(torch.zeros(3, dtype=torch.uint8), 9)
     with pytest.raises(ValueError, match="expects 1-D uint8 of 2 bytes for 5 codes at 3 bits"):
         unpack(torch.zeros(3, dtype=torch.uint8), 3, 5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bits=st.integers(1, 8), symmetric=st.booleans(),
+       granularity=st.sampled_from(["tensor", "channel", "group"]),
+       group_size=st.sampled_from([1, 3, 8, 32, 50]), rows=st.integers(1, 6),
+       cols=st.integers(1, 70), seed=st.integers(0, 2**31 - 1),
+       scale_dtype=st.sampled_from(["float32", "float16", "bfloat16"]))
+def test_packed_weight_decodes_exactly_what_dequantize_gives(bits, symmetric, granularity,
+                                                             group_size, rows, cols, seed,
+                                                             scale_dtype):
+    from asrquant.quant import dequantize
+    from asrquant.quant.packed import PackedWeight
+
+    if symmetric and bits == 1:
+        symmetric = False
+    spec = QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity,
+                     group_size=group_size if granularity == "group" else None,
+                     scale_dtype=scale_dtype)
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    qt = quantize(w, spec)
+    decoded = PackedWeight.from_quantized(qt)()
+    assert torch.equal(decoded, dequantize(qt))

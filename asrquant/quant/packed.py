@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .pack import from_unsigned, pack, to_unsigned, unpack
-from .primitives import QuantizedTensor, dequantize
+from .primitives import QuantizedTensor, group_layout
 from .spec import QuantSpec
 
 
@@ -46,10 +46,65 @@ class PackedWeight(nn.Module):
                                self.spec)
 
     def forward(self) -> torch.Tensor:
-        return dequantize(self.quantized())
+        """The dequantized weight, equal bit for bit to dequantize(self.quantized()).
+
+        Fast path: w = (u - offset) * scale on the unsigned codes u, with offset = zero point
+        (asymmetric) or qmax (symmetric): the same integer differences in float32, without
+        building signed codes or converting scales on every call.
+        """
+        spec = self.spec
+        layout = group_layout(self.shape, spec)
+        w = _unpack_float(self.packed, spec.bits, self.shape.numel())
+        w = w.reshape(layout.rows, layout.row_len)  # a fresh tensor: decoded in place below
+        offset, scale = self._float_qparams()
+        full = layout.row_len // layout.group_len  # complete groups; a short one may follow
+        body = full * layout.group_len
+        if full:
+            w[:, :body].unflatten(1, (full, layout.group_len)).sub_(
+                offset[:, :full]).mul_(scale[:, :full])
+        if body < layout.row_len:
+            w[:, body:].sub_(offset[:, full]).mul_(scale[:, full])
+        return w.reshape(self.shape).to(self.dtype)
+
+    def _float_qparams(self):
+        cache = getattr(self, "_qparams_cache", None)
+        zp = self.zero_point
+        key = (self.scale.data_ptr(), self.scale.device, self.scale._version,
+               None if zp is None else (zp.data_ptr(), zp._version))
+        if cache is None or cache[0] != key:
+            scale = self.scale.to(torch.float32).unsqueeze(-1)
+            if self.zero_point is not None:
+                offset = self.zero_point.to(torch.float32).unsqueeze(-1)
+            else:
+                offset = torch.full_like(scale, float(-self.spec.qmin))
+            self._qparams_cache = (key, offset, scale)
+        return self._qparams_cache[1], self._qparams_cache[2]
 
     def extra_repr(self) -> str:
         return f"{tuple(self.shape)}, {self.spec.describe()}, {self.packed.numel()} bytes"
+
+
+_BYTE_TABLES: dict = {}
+
+
+def _byte_table(bits: int, device) -> torch.Tensor:
+    """(256, 8 // bits) float32: the codes held by each possible byte, for 1/2/4/8 bits."""
+    key = (bits, str(device))
+    if key not in _BYTE_TABLES:
+        per = 8 // bits
+        byte = torch.arange(256, dtype=torch.int32).unsqueeze(1)
+        shifts = torch.arange(per, dtype=torch.int32) * bits
+        _BYTE_TABLES[key] = ((byte >> shifts) & ((1 << bits) - 1)).float().to(device)
+    return _BYTE_TABLES[key]
+
+
+def _unpack_float(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Unsigned codes as float32; one table lookup per byte when codes do not cross bytes."""
+    if 8 % bits:
+        return unpack(packed, bits, numel).to(torch.float32)
+    table = _byte_table(bits, packed.device)
+    u = torch.index_select(table, 0, packed.int()).reshape(-1)
+    return u if u.numel() == numel else u[:numel]
 
 
 def _decoded(attr: str):
