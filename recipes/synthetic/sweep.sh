@@ -12,7 +12,8 @@
 #
 #   bash recipes/synthetic/sweep.sh                       # everything
 #   CKPT=runs/synth_float/checkpoints/best.ckpt bash recipes/synthetic/sweep.sh
-#   QUICK=1 bash recipes/synthetic/sweep.sh               # a smoke run in minutes
+#   QUICK=1 bash recipes/synthetic/sweep.sh               # a smoke run (~4 min here) that
+#                                     checks the mechanics; its 60-step model outputs blanks
 # Environment: OUT (default runs/synthetic_sweep), DOCS (default docs/results/synthetic;
 # with QUICK, OUT/report), THREADS (default 2), FROM (first stage to run, default 1: an
 # interrupted sweep resumes with e.g. FROM=4 CKPT=...).
