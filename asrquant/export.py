@@ -215,9 +215,8 @@ def run_export(cfg, run_dir: str | os.PathLike) -> dict:
     checkpoint, with its own recipe) and compare the file with the report's predicted size."""
     import time
 
-    from asrquant.io import atomic_write_json, check_writable
+    from asrquant.io import atomic_write_json, check_writable, json_safe
     from asrquant.lightning.pipeline import (
-        _finite,
         git_revision,
         load_checkpoint,
         plain,
@@ -251,7 +250,7 @@ def run_export(cfg, run_dir: str | os.PathLike) -> dict:
         "num_params": report.num_params,
         "wall_time_s": time.perf_counter() - started,
     }
-    atomic_write_json(run_dir / "export.json", _finite(results))
+    atomic_write_json(run_dir / "export.json", json_safe(results))
     print(json.dumps({k: results[k] for k in ("path", "file_bytes", "header_bytes",
                                               "predicted_bytes", "predicted_vs_tensor_bytes")},
                      indent=2))

@@ -12,7 +12,6 @@ own parameter names (e.g. "model.encoder.*" for ours, whatever yours are called)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from asrquant.io import json_safe
 from asrquant.quant import (
     QuantRecipe,
     QuantReport,
@@ -154,12 +154,8 @@ class QuantizationCallback(L.Callback):
         checkpoint[CHECKPOINT_KEY] = {
             "mode": self.mode,
             "recipe": self.recipe.to_dict(),
-            "report": None if self.report is None else _finite(self.report.totals()),
+            "report": None if self.report is None else json_safe(self.report.totals()),
         }
-
-
-def _finite(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | None:

@@ -8,7 +8,6 @@ anything here can be called from Python with an OmegaConf/dict config of the sam
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import subprocess
 import time
@@ -25,7 +24,7 @@ from asrquant.data.readers import BadDataReport, read_utterances, validate_utter
 from asrquant.data.synthetic import build_synthetic_corpus
 from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import CharTokenizer, tokenizer_from_state, train_sentencepiece
-from asrquant.io import atomic_write_json, check_writable
+from asrquant.io import atomic_write_json, check_writable, json_safe
 from asrquant.lightning.callbacks import (
     CHECKPOINT_KEY,
     QuantizationCallback,
@@ -276,14 +275,6 @@ def _report_with_plan(module, plan, recipe):
     return QuantReport(rows=rows, recipe_name=recipe.name if recipe else "")
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 # --------------------------------------------------------------------------------- runs
@@ -338,7 +329,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     results["run_dir"] = str(run_dir)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results["best_checkpoint"] = best or None
-    results["best_dev_wer"] = _finite(float(trainer.checkpoint_callback.best_model_score)) \
+    results["best_dev_wer"] = json_safe(float(trainer.checkpoint_callback.best_model_score)) \
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score \
         is not None else None
     results["epochs"] = trainer.current_epoch
@@ -352,7 +343,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     results.update(_size_fields(module, recipe))
     results["bad_data"] = datamodule.bad_data_summary()
     results["wall_time_s"] = time.perf_counter() - started
-    atomic_write_json(run_dir / "results.json", _finite(results))
+    atomic_write_json(run_dir / "results.json", json_safe(results))
     return results
 
 
@@ -394,7 +385,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
     results["wall_time_s"] = time.perf_counter() - started
-    atomic_write_json(run_dir / "results.json", _finite(results))
+    atomic_write_json(run_dir / "results.json", json_safe(results))
     return results
 
 
@@ -431,7 +422,7 @@ def _eval_packed(cfg: dict, run_dir: Path, sources: dict, test_names: list[str],
                     "num_quantized": report.num_quantized,
                     "quantized_share": report.quantized_share})
     results["wall_time_s"] = time.perf_counter() - started
-    atomic_write_json(run_dir / "results.json", _finite(results))
+    atomic_write_json(run_dir / "results.json", json_safe(results))
     return results
 
 
