@@ -1,0 +1,31 @@
+"""The shipped float model loads without pickle and recognizes freshly synthesized speech."""
+
+from pathlib import Path
+
+import pytest
+
+from asrquant import load_quantized
+from asrquant.data.readers import manifest_utterances
+from asrquant.data.synthetic import build_synthetic_corpus
+from asrquant.data.text import normalize_text
+from asrquant.lightning.metrics import corpus_wer
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.mark.parametrize("name", ["cpu_synthetic_float", "cpu_fsdd_float"])
+def test_shipped_models_load_as_inference_modules(name):
+    m = load_quantized(MODELS / f"{name}.safetensors")
+    assert not m.training
+    assert 2_000_000 < sum(p.numel() for p in m.parameters()) < 2_300_000
+
+
+def test_shipped_synthetic_model_transcribes_new_synthetic_sentences(tmp_path):
+    paths = build_synthetic_corpus(tmp_path, n_train=2, n_dev=2, n_test=12, n_test_voices=2,
+                                   seed=123, progress=False)
+    utts = list(manifest_utterances(paths["test"]))
+    model = load_quantized(MODELS / "cpu_synthetic_float.safetensors")
+    hyps = model.transcribe([u.load_audio(16000, True) for u in utts])
+    refs = [normalize_text(u.text) for u in utts]
+    # 5.76% on the real test split; a 12-sentence sample from another seed stays well below 25%
+    assert corpus_wer(refs, [normalize_text(h) for h in hyps]).rate < 0.25
