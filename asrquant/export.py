@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 
 from asrquant.data.tokenizer import tokenizer_from_state
 from asrquant.io import atomic_write
-from asrquant.lightning.callbacks import CHECKPOINT_KEY
+from asrquant.lightning.callbacks import recipe_of_checkpoint
 from asrquant.lightning.module import ASRModule
-from asrquant.quant import QuantRecipe, QuantSpec, group_layout, quantize
+from asrquant.quant import QuantRecipe, QuantSpec, group_layout, original_name, quantize
 from asrquant.quant.pack import packed_nbytes
 from asrquant.quant.packed import PackedWeight, pack_module_weights
 
@@ -41,17 +41,7 @@ class ExportError(ValueError):
 
 def float_state_dict(state_dict: dict) -> dict:
     """State dict with fake-quantization parametrizations folded back to plain names."""
-    out = {}
-    for k, v in state_dict.items():
-        out[k.replace("parametrizations.", "").replace(".original", "")] = v
-    return out
-
-
-def recipe_of_checkpoint(ckpt: dict) -> QuantRecipe | None:
-    info = ckpt.get(CHECKPOINT_KEY)
-    if info and info.get("mode") == "qat":
-        return QuantRecipe.from_dict(info["recipe"])
-    return None
+    return {original_name(k): v for k, v in state_dict.items()}
 
 
 def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLike) -> dict:

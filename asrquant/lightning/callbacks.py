@@ -158,12 +158,18 @@ class QuantizationCallback(L.Callback):
         }
 
 
+def recipe_of_checkpoint(checkpoint: dict) -> QuantRecipe | None:
+    """The recipe a QAT checkpoint was trained with; None for a float checkpoint."""
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if not info or info.get("mode") != "qat":
+        return None
+    return QuantRecipe.from_dict(info["recipe"])
+
+
 def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | None:
     """Re-attach the recipe stored in a QAT checkpoint to `module` (before load_state_dict).
 
     Returns the report, or None when the checkpoint holds no quantization (a float model).
     """
-    info = checkpoint.get(CHECKPOINT_KEY)
-    if not info or info.get("mode") != "qat":
-        return None
-    return attach_fake_quant(module, QuantRecipe.from_dict(info["recipe"]))
+    recipe = recipe_of_checkpoint(checkpoint)
+    return None if recipe is None else attach_fake_quant(module, recipe)

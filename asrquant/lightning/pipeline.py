@@ -26,8 +26,8 @@ from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import CharTokenizer, tokenizer_from_state, train_sentencepiece
 from asrquant.io import atomic_write_json, check_writable, json_safe
 from asrquant.lightning.callbacks import (
-    CHECKPOINT_KEY,
     QuantizationCallback,
+    recipe_of_checkpoint,
     report_metrics,
     restore_quantization,
 )
@@ -244,16 +244,10 @@ def _results_base(cfg: dict, started: float) -> dict:
 
 
 def _size_fields(module: ASRModule, recipe: QuantRecipe | None) -> dict:
-    specs = fake_quant_specs(module)
-    if specs:
-        # Parametrized names: report against the names the plan was made with.
-        plan = specs
-        report = _report_with_plan(module, plan, recipe)
-    elif recipe is not None:
-        report = build_report(module, recipe.plan(module), recipe.name)
-    else:
-        report = build_report(module, {}, "float")
-    t = report.totals()
+    """Size columns of results.json: the fake quantization attached to `module`, or else
+    `recipe`'s plan on it, or float."""
+    plan = fake_quant_specs(module) or (recipe.plan(module) if recipe is not None else {})
+    t = build_report(module, plan, recipe.name if recipe else "float").totals()
     return {
         "recipe": recipe.to_dict() if recipe else None,
         "size_bytes": t["quantized_bytes"],
@@ -263,18 +257,6 @@ def _size_fields(module: ASRModule, recipe: QuantRecipe | None) -> dict:
         "num_quantized": t["num_quantized"],
         "quantized_share": t["quantized_share"],
     }
-
-
-def _report_with_plan(module, plan, recipe):
-    from asrquant.quant.report import QuantReport, param_row
-
-    rows = []
-    for name, p in module.named_parameters():
-        clean = name.replace("parametrizations.", "").replace(".original", "")
-        rows.append(param_row(clean, p, plan.get(clean)))
-    return QuantReport(rows=rows, recipe_name=recipe.name if recipe else "")
-
-
 
 
 # --------------------------------------------------------------------------------- runs
@@ -297,9 +279,8 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
 
     if cfg.get("init_from"):
         ckpt = load_checkpoint(cfg["init_from"])
-        info = ckpt.get(CHECKPOINT_KEY) or {}
-        if info.get("mode") == "qat":  # continue QAT with the checkpoint's own recipe
-            own = QuantRecipe.from_dict(info["recipe"])
+        own = recipe_of_checkpoint(ckpt)
+        if own is not None:  # continue QAT with the checkpoint's own recipe
             if recipe is not None and recipe.to_dict() != own.to_dict():
                 raise ValueError(f"init_from={cfg['init_from']!r} was trained with recipe "
                                  f"{own.name!r}; continue it with quant=float (its own recipe "
@@ -379,8 +360,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     results["ckpt"] = str(cfg["ckpt"])
     results["test"] = dict(module.last_results)
     if qat_ckpt:
-        info = ckpt["asrquant_quantization"]
-        recipe = QuantRecipe.from_dict(info["recipe"])
+        recipe = recipe_of_checkpoint(ckpt)
     results.update(_size_fields(module, recipe))
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
@@ -414,13 +394,9 @@ def _eval_packed(cfg: dict, run_dir: Path, sources: dict, test_names: list[str],
     results.update({"mode": "packed", "packed": str(cfg["packed"]),
                     "file_bytes": Path(cfg["packed"]).stat().st_size,
                     "test": dict(module.last_results)})
-    plain_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
-    report = build_report(plain_module, recipe.plan(plain_module), recipe.name)
-    results.update({"recipe": recipe.to_dict(), "size_bytes": report.quantized_bytes,
-                    "float32_bytes": report.float32_bytes,
-                    "effective_bits": report.effective_bits, "num_params": report.num_params,
-                    "num_quantized": report.num_quantized,
-                    "quantized_share": report.quantized_share})
+    # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
+    float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
+    results.update(_size_fields(float_module, recipe))
     results["wall_time_s"] = time.perf_counter() - started
     atomic_write_json(run_dir / "results.json", json_safe(results))
     return results

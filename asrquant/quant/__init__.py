@@ -19,6 +19,7 @@ from .recipe import (
     canonical_name,
     detach_fake_quant,
     fake_quant_specs,
+    original_name,
     recipe_from_config,
 )
 from .report import ParamRow, QuantReport
@@ -45,6 +46,7 @@ __all__ = [
     "fake_quantize",
     "group_layout",
     "num_levels",
+    "original_name",
     "quantize",
     "recipe_from_config",
 ]

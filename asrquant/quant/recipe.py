@@ -187,10 +187,21 @@ def _has_fake_quant(model: nn.Module) -> bool:
     )
 
 
+def original_name(name: str) -> str:
+    """'a.parametrizations.weight.original' -> 'a.weight': a parameter's name before
+    fake quantization was attached."""
+    return name.replace("parametrizations.", "").replace(".original", "")
+
+
 def build_report(
     model: nn.Module, plan: dict[str, QuantSpec], recipe_name: str = ""
 ) -> QuantReport:
-    rows = [param_row(n, p, plan.get(n)) for n, p in model.named_parameters()]
+    """Report of `plan` on `model`; parameter names are taken as before attaching, so the
+    plan of a model with fake quantization (fake_quant_specs) works too."""
+    rows = []
+    for n, p in model.named_parameters():
+        n = original_name(n)
+        rows.append(param_row(n, p, plan.get(n)))
     persistent = model.state_dict(keep_vars=True)
     buffer_bytes = sum(
         b.numel() * b.element_size() for n, b in model.named_buffers()
