@@ -172,7 +172,11 @@ def choose_qparams(x: torch.Tensor, spec: QuantSpec):
     Shapes (rows, n_groups, 1); scale and zero point hold values exactly representable in
     `spec.scale_dtype` but are returned as float32 for computation.
     """
-    lo, hi = _range_stats(x, spec)
+    return _choose_qparams(x, _range_stats(x, spec), spec)
+
+
+def _choose_qparams(x: torch.Tensor, lo_hi, spec: QuantSpec):
+    lo, hi = lo_hi
     if spec.clip == "mse":
         return _mse_search(x, lo, hi, spec)
     ratio = spec.clip_ratio if spec.clip == "fixed" else 1.0
@@ -253,14 +257,14 @@ def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     layout = group_layout(w.shape, spec)
     with torch.no_grad():
         x = to_groups(w, layout)
-        scale, zp, ratio = choose_qparams(x, spec)
+        lo, hi = _range_stats(x, spec)  # also the STE's clip range below
+        scale, zp, ratio = _choose_qparams(x, (lo, hi), spec)
         w_hat = from_groups(
             dequantize_groups(quantize_groups(x, scale, zp, spec), scale, zp), layout, w.shape
         ).to(w.dtype)
     if not w.requires_grad:
         return w_hat
     with torch.no_grad():
-        lo, hi = _range_stats(x, spec)
         inside = (x >= lo * ratio) & (x <= hi * ratio)
         inside = from_groups(inside, layout, w.shape).to(w.dtype)
     # w_hat + 0 in value (exactly), gradient `inside` with respect to w.
