@@ -233,6 +233,17 @@ def recipe_of(cfg: dict) -> QuantRecipe | None:
     return None if recipe.default is None and not recipe.rules else recipe
 
 
+def quantization_callbacks(cfg: dict, mode: str) -> list[QuantizationCallback]:
+    """[QuantizationCallback] for the config's recipe ([] for float). With `quant_strict`, a
+    recipe rule that matches no parameter is an error instead of a warning."""
+    recipe = recipe_of(cfg)
+    if recipe is None:
+        return []
+    extra = {"restore": False} if mode == "ptq" else {}
+    return [QuantizationCallback(recipe, mode=mode, strict=bool(cfg.get("quant_strict")),
+                                 **extra)]
+
+
 def _set_threads(cfg: dict) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
@@ -297,7 +308,8 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         fit_normalizer(module, sources["train"], int(cfg.get("normalizer_utterances", 500)),
                        int(cfg.get("seed", 0)))
 
-    callbacks = [QuantizationCallback(recipe, mode="qat")] if recipe else []
+    strict = bool(cfg.get("quant_strict"))  # the recipe may be the checkpoint's own
+    callbacks = [QuantizationCallback(recipe, mode="qat", strict=strict)] if recipe else []
     datamodule = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("policy", "skip"))
     trainer = make_trainer(cfg, run_dir, callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -350,7 +362,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     if qat_ckpt and recipe is not None:
         raise ValueError("this checkpoint is quantization-aware (QAT); evaluate it with "
                          "quant=float (its own recipe is re-attached from the checkpoint)")
-    callbacks = [QuantizationCallback(recipe, mode="ptq", restore=False)] if recipe else []
+    callbacks = quantization_callbacks(cfg, "ptq")
     datamodule = build_datamodule(cfg, module.tokenizer, sources,
                                   cfg["data"].get("eval_policy", "error"))
     trainer = make_trainer(cfg, run_dir, callbacks, checkpoints=False)
@@ -418,6 +430,9 @@ def validate_config(cfg, kind: str):
     mbs = data.get("max_batch_seconds", 60)
     if isinstance(mbs, bool) or not isinstance(mbs, (int, float)) or mbs <= 0:
         raise ValueError(f"data.max_batch_seconds={mbs!r} is invalid; allowed: a number > 0")
+    strict = cfg.get("quant_strict", False)
+    if not isinstance(strict, bool):
+        raise ValueError(f"quant_strict={strict!r} is invalid; allowed: true or false")
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
