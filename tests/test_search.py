@@ -1,0 +1,151 @@
+"""asrquant-search end to end on a tiny model and corpus: sensitivity, allocation within the
+budget, the written recipe loads (recipe_from_config, and as quant=<name>) and evaluates at
+the predicted size; the cache spares a rerun; bad input fails before any work."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from asrquant.cli.common import CONF_DIR
+from asrquant.data.synthetic import build_synthetic_corpus
+from asrquant.data.tokenizer import CharTokenizer
+from asrquant.lightning.module import ASRModule
+from asrquant.lightning.pipeline import fit_normalizer, run_eval
+from asrquant.lightning.search import (
+    layer_groups,
+    load_float_module,
+    run_search,
+    validate_search_config,
+)
+from asrquant.models.sizes import size_config
+from asrquant.quant import candidate_weight_names, recipe_from_config
+from asrquant.quant.allocate import BudgetError
+
+CORPUS = {"n_train": 4, "n_dev": 6, "n_test": 2, "n_test_voices": 2}
+TINY_MODEL = {"num_layers": 1, "d_model": 32, "ffn_dim": 64, "subsampling_channels": 8}
+
+
+def cfg_of(name, overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("corpus")
+    data = [f"data.synthetic.cache_dir={cache}", "threads=1",
+            *(f"data.synthetic.{k}={v}" for k, v in CORPUS.items())]
+    paths = build_synthetic_corpus(cache, **CORPUS, progress=False)
+    tok = CharTokenizer()
+    module = ASRModule(size_config("cpu", tok.vocab_size, **TINY_MODEL), tok)
+    fit_normalizer(module, paths["train"], 4, 0)
+    ckpt = tmp_path_factory.mktemp("model") / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "model_config": module.model.config.to_dict(),
+                "tokenizer_state": tok.to_state()}, ckpt)
+    return ckpt, data, tmp_path_factory.mktemp("search_cache")
+
+
+def search_cfg(setup, *extra):
+    ckpt, data, cache = setup
+    return cfg_of("search", [f"ckpt={ckpt}", f"cache_dir={cache}", "progress=false",
+                             *data, *extra])
+
+
+def test_layer_groups_cover_every_candidate_once(setup):
+    module = load_float_module(setup[0])
+    groups = layer_groups(module)
+    assert [g.name for g in groups] == ["subsampling", "layers.0.ffn1", "layers.0.self_attn",
+                                        "layers.0.conv_module", "layers.0.ffn2", "ctc_head"]
+    held = [p for g in groups for p in g.params]
+    assert sorted(held) == sorted(candidate_weight_names(module))
+    assert groups[2].pattern == "model.encoder.conformer_layers.0.self_attn.*"
+
+
+def test_search_end_to_end(setup, tmp_path):
+    ckpt, data, _ = setup
+    out = tmp_path / "conf" / "quant" / "tiny_mixed.yaml"
+    res = run_search(search_cfg(setup, "budget_bpw=3.6", "name=tiny_mixed", f"out={out}"),
+                     tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["measured_now"] == 6 * 4
+    chosen = on_disk["chosen"]
+    assert chosen["size_bytes"] <= on_disk["budget"]["bytes"]
+    assert chosen["effective_bits"] <= 3.6
+    assert set(chosen["bits"].values()) <= {2, 3, 4, 8}
+    assert len(set(chosen["bits"].values())) > 1  # 3.6 bits: more than uniform 2 (3.0 bits)
+    # uniform 2-bit fits this budget, so the optimum predicts no larger change
+    u2 = next(c for c in on_disk["comparisons"] if c["bits"] == 2)
+    assert u2["uniform"]["size_bytes"] <= on_disk["budget"]["bytes"]
+    assert chosen["predicted_change"] <= u2["uniform"]["predicted_change"] + 1e-12
+    for c in on_disk["comparisons"]:  # equal size: never larger than the uniform recipe
+        assert c["mixed_same_size"]["size_bytes"] <= c["uniform"]["size_bytes"]
+        assert "dev" in c["uniform"] and "dev" in c["mixed_same_size"]
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+    # The YAML loads through recipe_from_config and quantizes each group at its chosen bits.
+    text = out.read_text()
+    assert text == (tmp_path / "run" / "tiny_mixed.yaml").read_text()
+    recipe = recipe_from_config(yaml.safe_load(text))
+    module = load_float_module(ckpt)
+    plan = recipe.plan(module)
+    for g in layer_groups(module):
+        assert {plan[p].bits for p in g.params} == {chosen["bits"][g.name]}
+        assert all(plan[p].group_size == 32 and not plan[p].symmetric for p in g.params)
+
+    # ... and asrquant-eval takes it as quant=<name> from a conf folder on the search path.
+    cfg = cfg_of("eval", [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "quant=tiny_mixed",
+                          f"ckpt={ckpt}", "trainer.enable_progress_bar=false", *data])
+    ev = run_eval(cfg, tmp_path / "eval")
+    assert ev["status"] == "ok" and ev["mode"] == "ptq"
+    assert ev["size_bytes"] == chosen["size_bytes"] <= on_disk["budget"]["bytes"]
+
+    # Another budget reuses every measurement; a larger one never predicts a larger change.
+    again = run_search(search_cfg(setup, "budget_bpw=5.5", "name=tiny_b", "verify=false"),
+                       tmp_path / "run2")
+    assert again["measured_now"] == 0 and again["groups"] == res["groups"]
+    assert again["chosen"]["predicted_change"] <= chosen["predicted_change"] + 1e-12
+    assert "dev" not in again["chosen"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "exactly one of budget_mb"),
+    (["budget_mb=1", "budget_bpw=3"], "exactly one of budget_mb"),
+    (["budget_mb=0"], "budget_mb=0 is invalid; allowed: a finite number > 0"),
+    (["budget_bpw=-3"], "budget_bpw=-3 is invalid"),
+    (["budget_mb=1", "candidates=[2,16]"], r"candidates=\[2, 16\] is invalid; allowed: a "
+                                           "non-empty list of distinct ints in 1..8"),
+    (["budget_mb=1", "candidates=[2,2]"], r"candidates=\[2, 2\] is invalid"),
+    (["budget_mb=1", "candidates=[]"], r"candidates=\[\] is invalid"),
+    (["budget_mb=1", "metric=mse"], r"metric='mse' is invalid; allowed: \['loss', 'wer'\]"),
+    (["budget_mb=1", "name=a/b"], "name='a/b' is invalid"),
+    (["budget_mb=1", "quant=mixed_attn4_rest2"], "must be a plain spec"),
+    (["budget_mb=1", "quant=int2_sym_g32", "candidates=[1,2]"], r"QuantSpec.bits=1"),
+])
+def test_bad_input_is_refused_before_any_work(setup, extra, needle):
+    with pytest.raises(ValueError, match=needle):
+        validate_search_config(search_cfg(setup, *extra))
+
+
+def test_a_budget_below_the_smallest_recipe_fails_before_measuring(setup, tmp_path):
+    with pytest.raises(BudgetError, match=r"budget 1,000 bytes \(0.001000 MB\) is below the "
+                                          r"smallest size these candidates reach, [\d,]+ bytes"):
+        run_search(search_cfg(setup, "budget_mb=0.001", f"cache_dir={tmp_path / 'c'}"),
+                   tmp_path / "run")
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_command_line_entry_point_records_a_failure(setup, tmp_path):
+    ckpt, data, _ = setup
+    proc = subprocess.run([sys.executable, "-m", "asrquant.cli.search", f"ckpt={ckpt}",
+                           f"hydra.run.dir={tmp_path}", *data],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    failed = json.loads((tmp_path / "results.json").read_text())
+    assert failed["status"] == "failed" and "exactly one of budget_mb" in failed["error"]
