@@ -2,7 +2,7 @@
 
 File: one safetensors file (no pickle: loading executes no code).
   tensors   "<param>::packed" (uint8 codes at their bit width, see asrquant.quant.pack),
-            "<param>::scale" and, if asymmetric, "<param>::zero_point" (at scale_dtype) for
+            "<param>::scale" and, if asymmetric, "<param>::zero_point" (at zero_point_dtype) for
             every quantized weight; every other parameter and buffer under its own name.
   metadata  format "asrquant.packed", format_version, model_config, tokenizer_state, recipe,
             and "quantized": {param: {shape, dtype, spec}} (JSON strings).
@@ -154,12 +154,13 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
                 f"{path}: tensor {need[0]!r} is {packed.dtype} {tuple(packed.shape)}; "
                 f"shape {tuple(shape)} at {spec.bits} bits needs uint8 ({nbytes},)")
         layout = group_layout(shape, spec)
-        for key in need[1:]:
+        dtypes = (spec.torch_scale_dtype, spec.torch_zero_point_dtype)
+        for key, want in zip(need[1:], dtypes[: len(need) - 1], strict=True):
             t = tensors[key]
-            if t.shape != (layout.rows, layout.n_groups) or t.dtype != spec.torch_scale_dtype:
+            if t.shape != (layout.rows, layout.n_groups) or t.dtype != want:
                 raise ExportError(
                     f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}; the recipe needs "
-                    f"{spec.torch_scale_dtype} ({layout.rows}, {layout.n_groups})")
+                    f"{want} ({layout.rows}, {layout.n_groups})")
             _check_finite(key, t, path)
         zp = tensors.get(name + SEP + "zero_point")
         packed_weights[name] = PackedWeight(packed, tensors[need[1]], zp, shape, dtype, spec)

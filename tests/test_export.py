@@ -19,6 +19,7 @@ RECIPES = {
     "int3_sym_ch_mse": QuantRecipe(QuantSpec(bits=3, symmetric=True, granularity="channel",
                                              clip="mse"), name="int3"),
     "int8_bf16": QuantRecipe(QuantSpec(bits=8, group_size=16, scale_dtype="bfloat16")),
+    "int2_g128_zpu8": QuantRecipe(QuantSpec(bits=2, group_size=128, zero_point_dtype="uint8")),
     "mixed": QuantRecipe(QuantSpec(bits=2, group_size=32),
                          rules=(QuantRule("*.self_attn.*", QuantSpec(bits=4, group_size=64)),
                                 QuantRule("model.ctc_head.*", None))),

@@ -280,6 +280,18 @@ def test_scales_and_zero_points_are_stored_in_scale_dtype_and_codes_in_8_bit_int
     assert torch.equal(qa.zero_point, qa.zero_point.round())
 
 
+@settings(max_examples=60, deadline=None)
+@given(w=weights(), bits=st.integers(1, 8), clip=st.sampled_from(["none", "mse"]))
+def test_uint8_zero_points_give_the_same_codes_as_float16_ones(w, bits, clip):
+    """Zero points are integers in [0, 2^bits - 1]: exact in uint8, so only storage changes."""
+    f16 = quantize(w, QuantSpec(bits=bits, group_size=16, clip=clip))
+    u8 = quantize(w, QuantSpec(bits=bits, group_size=16, clip=clip, zero_point_dtype="uint8"))
+    assert u8.zero_point.dtype == torch.uint8
+    assert torch.equal(u8.codes, f16.codes) and torch.equal(u8.scale, f16.scale)
+    assert torch.equal(u8.zero_point.float(), f16.zero_point.float())
+    assert torch.equal(dequantize(u8), dequantize(f16))
+
+
 def test_all_zero_and_empty_tensors_give_no_nan():
     for spec in (QuantSpec(bits=2), QuantSpec(bits=2, symmetric=True, clip="mse")):
         z = torch.zeros(4, 64)

@@ -13,10 +13,12 @@ from asrquant.quant import (
     QuantRule,
     QuantSpec,
     attach_fake_quant,
+    build_report,
     candidate_weight_names,
     detach_fake_quant,
     fake_quant_specs,
     fake_quantize,
+    recipe_from_config,
 )
 
 INT2 = QuantSpec(bits=2, symmetric=False, granularity="group", group_size=8)
@@ -179,3 +181,21 @@ def test_real_torchaudio_conformer_is_quantized_runs_forward_and_backward():
     out.pow(2).mean().backward()
     grads = [p.grad for n, p in model.named_parameters() if n.endswith(".original")]
     assert len(grads) == 18 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_uint8_zero_points_cost_one_byte_per_group_in_the_report():
+    model = nn.Sequential(nn.Linear(256, 4))
+    f16 = build_report(model, QuantRecipe(QuantSpec(bits=2, group_size=128)).plan(model))
+    u8 = build_report(model, QuantRecipe(QuantSpec(bits=2, group_size=128,
+                                                   zero_point_dtype="uint8")).plan(model))
+    # 1024 codes -> 256 bytes; 8 groups: fp16 scale + fp16 zero point, or + uint8 zero point.
+    assert f16.rows[0].bytes == 256 + 8 * 4
+    assert u8.rows[0].bytes == 256 + 8 * 3
+
+
+def test_canonical_name_says_when_zero_points_are_uint8():
+    recipe = recipe_from_config({"bits": 2, "group_size": 128, "zero_point_dtype": "uint8"})
+    assert recipe.name == "int2_asym_g128_zpu8"
+    assert recipe.default.zero_point_dtype == "uint8"
+    assert recipe_from_config({"bits": 2, "group_size": 128, "zero_point_dtype": None}).name \
+        == "int2_asym_g128"

@@ -30,6 +30,8 @@ from asrquant.quant import QuantSpec, code_range, num_levels
         ({"clip": "mse", "clip_grid": (1.0, float("nan"))}, "clip_grid"),
         ({"scale_dtype": "float8"}, "scale_dtype"),
         ({"scale_dtype": torch.int8}, "scale_dtype"),
+        ({"zero_point_dtype": "int4"}, "zero_point_dtype"),
+        ({"zero_point_dtype": torch.int8}, "zero_point_dtype"),
     ],
 )
 def test_every_bad_field_raises_value_error_naming_it(kwargs, field):
@@ -72,3 +74,13 @@ def test_asymmetric_grid_uses_all_codes(bits):
 def test_two_bit_grids_match_the_paper():
     assert code_range(2, True) == (-1, 1)
     assert num_levels(2, False) == 4
+
+
+def test_zero_point_dtype_defaults_to_the_scale_dtype_and_counts_its_bits():
+    assert QuantSpec(scale_dtype="bfloat16").zero_point_dtype == "bfloat16"
+    assert QuantSpec(bits=2).zero_point_bits == 16
+    assert QuantSpec(bits=2, zero_point_dtype="uint8").zero_point_bits == 8
+    assert QuantSpec(bits=2, symmetric=True, zero_point_dtype="uint8").zero_point_bits == 0
+    old = QuantSpec().to_dict()
+    del old["zero_point_dtype"]  # a spec written before the field existed
+    assert QuantSpec.from_dict(old) == QuantSpec()

@@ -13,6 +13,8 @@ model bit for bit: the dequantized weight is the same tensor `fake_quantize` pro
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -84,27 +86,29 @@ class PackedWeight(nn.Module):
         return f"{tuple(self.shape)}, {self.spec.describe()}, {self.packed.numel()} bytes"
 
 
-_BYTE_TABLES: dict = {}
-
-
-def _byte_table(bits: int, device) -> torch.Tensor:
-    """(256, 8 // bits) float32: the codes held by each possible byte, for 1/2/4/8 bits."""
-    key = (bits, str(device))
-    if key not in _BYTE_TABLES:
-        per = 8 // bits
-        byte = torch.arange(256, dtype=torch.int32).unsqueeze(1)
-        shifts = torch.arange(per, dtype=torch.int32) * bits
-        _BYTE_TABLES[key] = ((byte >> shifts) & ((1 << bits) - 1)).float().to(device)
-    return _BYTE_TABLES[key]
+_WORD_SHIFTS: dict = {}
 
 
 def _unpack_float(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Unsigned codes as float32; one table lookup per byte when codes do not cross bytes."""
-    if 8 % bits:
+    """Unsigned codes as float32.
+
+    When codes do not cross bytes (1, 2, 4, 8 bits), the packed bytes are read as 32-bit
+    little-endian words, so the code k of a word sits at bits [k*bits, (k+1)*bits): one
+    vectorised shift-and-mask over all words (about twice as fast here as a byte lookup
+    table). Other widths take the general `unpack`.
+    """
+    if bits == 8:
+        return packed[:numel].to(torch.float32)
+    if 8 % bits or sys.byteorder != "little":
         return unpack(packed, bits, numel).to(torch.float32)
-    table = _byte_table(bits, packed.device)
-    u = torch.index_select(table, 0, packed.int()).reshape(-1)
-    return u if u.numel() == numel else u[:numel]
+    if packed.numel() % 4 or packed.storage_offset() % 4:
+        packed = torch.nn.functional.pad(packed, (0, -packed.numel() % 4))
+    key = (bits, packed.device)
+    if key not in _WORD_SHIFTS:
+        _WORD_SHIFTS[key] = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
+    words = packed.view(torch.int32).unsqueeze(1)
+    u = (words >> _WORD_SHIFTS[key]).bitwise_and_((1 << bits) - 1).reshape(-1)
+    return (u if u.numel() == numel else u[:numel]).to(torch.float32)
 
 
 def _decoded(attr: str):

@@ -23,7 +23,8 @@ Grids (b = bits, r = clip ratio in (0, 1]):
                 z = clamp(-round(r * lo / s), 0, 2^b - 1),  q = clamp(round(w/s) + z, 0, 2^b - 1)
                 w^ = s * (q - z)
 
-`s` is rounded up and `z` (an integer) cast to `spec.scale_dtype` before the codes are
+`s` is rounded up to `spec.scale_dtype` and `z` (an integer) cast to `spec.zero_point_dtype`
+before the codes are
 computed, so the stored values are exactly the ones that produced the codes. `s` is kept at
 least the smallest normal number of that dtype (an all-zero group gets codes equal to its
 zero point and decodes to 0).
@@ -119,7 +120,7 @@ def _qparams_for_ratio(lo, hi, ratio, spec: QuantSpec):
         return scale, None
     scale = _round_scale((hi - lo) * ratio / (qmax - qmin), spec)
     zero_point = (qmin - torch.round(lo * ratio / scale)).clamp(qmin, qmax)
-    zero_point = zero_point.to(spec.torch_scale_dtype).to(torch.float32)
+    zero_point = zero_point.to(spec.torch_zero_point_dtype).to(torch.float32)
     return scale, zero_point
 
 
@@ -189,7 +190,8 @@ class QuantizedTensor:
     """Integer codes plus what is needed to decode them.
 
     codes: int8 (symmetric) or uint8 (asymmetric), the weight's own shape.
-    scale, zero_point: (rows, n_groups) in spec.scale_dtype; zero_point is None if symmetric.
+    scale, zero_point: (rows, n_groups) in spec.scale_dtype / spec.zero_point_dtype;
+    zero_point is None if symmetric.
     """
 
     codes: torch.Tensor
@@ -216,7 +218,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         return QuantizedTensor(
             codes=torch.zeros(w.shape, dtype=_codes_dtype(spec)),
             scale=empty,
-            zero_point=None if spec.symmetric else empty.clone(),
+            zero_point=None if spec.symmetric else empty.to(spec.torch_zero_point_dtype),
             shape=w.shape,
             dtype=w.dtype,
             spec=spec,
@@ -228,7 +230,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     return QuantizedTensor(
         codes=codes,
         scale=scale.squeeze(-1).to(sdt),
-        zero_point=None if zp is None else zp.squeeze(-1).to(sdt),
+        zero_point=None if zp is None else zp.squeeze(-1).to(spec.torch_zero_point_dtype),
         shape=w.shape,
         dtype=w.dtype,
         spec=spec,

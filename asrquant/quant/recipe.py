@@ -271,7 +271,7 @@ def fake_quant_specs(model: nn.Module) -> dict[str, QuantSpec]:
 
 
 _SPEC_KEYS = ("bits", "symmetric", "granularity", "group_size", "clip", "clip_ratio", "clip_grid",
-              "scale_dtype")
+              "scale_dtype", "zero_point_dtype")
 
 
 def recipe_from_config(cfg: dict) -> QuantRecipe:
@@ -333,4 +333,6 @@ def canonical_name(spec: QuantSpec | None) -> str:
     gran = {"tensor": "tensor", "channel": "ch"}.get(spec.granularity, f"g{spec.group_size}")
     clip = {"none": "", "mse": "_mse", "fixed": f"_clip{spec.clip_ratio:g}"}[spec.clip]
     scale = "" if spec.scale_dtype == "float16" else f"_{spec.scale_dtype}"
+    if not spec.symmetric and spec.zero_point_dtype != spec.scale_dtype:
+        scale += "_zpu8" if spec.zero_point_dtype == "uint8" else f"_zp{spec.zero_point_dtype}"
     return f"int{spec.bits}_{'sym' if spec.symmetric else 'asym'}_{gran}{clip}{scale}"

@@ -55,7 +55,7 @@ def param_row(name: str, p: torch.Tensor, spec: QuantSpec | None) -> ParamRow:
     if spec is None:
         return ParamRow(**base)
     layout = group_layout(p.shape, spec)
-    per_scale = spec.scale_bits // 8 * (1 if spec.symmetric else 2)  # scale (+ zero point)
+    per_scale = (spec.scale_bits + spec.zero_point_bits) // 8  # scale (+ zero point)
     return ParamRow(
         **base,
         bits=spec.bits,
@@ -76,7 +76,8 @@ class QuantReport:
     bytes are `buffer_bytes`, and `stored_bytes` = parameters + buffers predicts the size of an
     exported file without its header):
     quantized parameters at their code width (densely packed, rounded up to whole bytes per
-    tensor) plus one scale (and one zero point if asymmetric) per group at `scale_dtype`;
+    tensor) plus one scale (and one zero point if asymmetric) per group at `scale_dtype`
+    (and `zero_point_dtype`);
     other parameters at their own dtype.
     """
 

@@ -18,6 +18,9 @@ SCALE_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+# Zero points are integers in [0, 2^bits - 1], exact in every dtype below (bfloat16 holds
+# integers up to 256 exactly), so their dtype changes the stored bytes, never the codes.
+ZERO_POINT_DTYPES = {**SCALE_DTYPES, "uint8": torch.uint8}
 MIN_BITS, MAX_BITS = 1, 8
 DEFAULT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(16))  # 1.00, 0.95, ..., 0.25
 
@@ -62,8 +65,12 @@ class QuantSpec:
     group_size: weights per group along the (flattened) input dimension, for "group".
     clip: "none" (min/max range), "fixed" (range scaled by `clip_ratio`),
           "mse" (per group the ratio from `clip_grid` with the least squared error).
-    scale_dtype: "float32" | "float16" | "bfloat16"; scales and zero points are rounded
-                 to it before codes are computed, and counted at its width.
+    scale_dtype: "float32" | "float16" | "bfloat16"; scales are rounded up to it before
+                 codes are computed, and counted at its width.
+    zero_point_dtype: how asymmetric zero points are stored and counted: one of the scale
+                 dtypes or "uint8"; None (default) means the same as `scale_dtype`. Zero
+                 points are small integers, exact in all of them: "uint8" saves 8 bits per
+                 group against float16 and gives the same codes.
     """
 
     bits: int = 4
@@ -74,10 +81,13 @@ class QuantSpec:
     clip_ratio: float = 1.0
     clip_grid: tuple[float, ...] = field(default=DEFAULT_CLIP_GRID)
     scale_dtype: str = "float16"
+    zero_point_dtype: str | None = None
 
     def __post_init__(self):
         # Accept torch dtypes and lists from configs, but store canonical immutable values.
         object.__setattr__(self, "scale_dtype", _dtype_name(self.scale_dtype))
+        zp = self.scale_dtype if self.zero_point_dtype is None else self.zero_point_dtype
+        object.__setattr__(self, "zero_point_dtype", _dtype_name(zp))
         if isinstance(self.clip_grid, list):
             object.__setattr__(self, "clip_grid", tuple(self.clip_grid))
         if self.granularity != "group" and self.group_size is not None:
@@ -119,6 +129,9 @@ class QuantSpec:
                 bad("clip_grid", grid, "finite ratios in (0, 1]")
         if self.scale_dtype not in SCALE_DTYPES:
             bad("scale_dtype", self.scale_dtype, " | ".join(map(repr, SCALE_DTYPES)))
+        if self.zero_point_dtype not in ZERO_POINT_DTYPES:
+            bad("zero_point_dtype", self.zero_point_dtype,
+                "None (same as scale_dtype) | " + " | ".join(map(repr, ZERO_POINT_DTYPES)))
 
     @property
     def qmin(self) -> int:
@@ -135,6 +148,17 @@ class QuantSpec:
     @property
     def scale_bits(self) -> int:
         return torch.finfo(self.torch_scale_dtype).bits
+
+    @property
+    def torch_zero_point_dtype(self) -> torch.dtype:
+        return ZERO_POINT_DTYPES[self.zero_point_dtype]
+
+    @property
+    def zero_point_bits(self) -> int:
+        """Bits stored per group for the zero point: 0 when symmetric."""
+        if self.symmetric:
+            return 0
+        return self.torch_zero_point_dtype.itemsize * 8
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantSpec:
@@ -156,4 +180,5 @@ class QuantSpec:
         kind = "sym" if self.symmetric else "asym"
         gran = {"tensor": "tensor", "channel": "ch"}.get(self.granularity, f"g{self.group_size}")
         clip = {"none": "", "fixed": f" clip{self.clip_ratio:g}", "mse": " mse"}[self.clip]
-        return f"int{self.bits} {kind} {gran}{clip}"
+        zp = " zp-u8" if not self.symmetric and self.zero_point_dtype == "uint8" else ""
+        return f"int{self.bits} {kind} {gran}{clip}{zp}"
