@@ -24,6 +24,9 @@ from asrquant.data.text import normalize_text
 
 Policy = Literal["skip", "error"]
 POLICIES = ("skip", "error")
+# A manifest duration further than this from the file's own length (seconds, and share of the
+# file's length; the larger applies) means the line and the file do not belong together.
+DURATION_TOLERANCE_S, DURATION_TOLERANCE_SHARE = 0.5, 0.1
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ def manifest_utterances(
             utt_id = str(entry.get("id") or Path(entry["audio_filepath"]).with_suffix(""))
             text = entry["text"]
             if not isinstance(text, str) or not normalize_text(text):
-                error = BadDataError(f"{where}: empty transcript {text!r} for {audio_path}")
+                error = BadDataError(f"{where}: empty transcript {text!r} for {audio_path}"
+                                     f"{_empty_after_normalisation(text)}")
                 handle_bad_data(policy, report, utt_id, error)
                 continue
             try:
@@ -215,21 +219,30 @@ def validate_utterances(
     """Checks every utterance cheaply (audio header only) and returns the usable ones.
 
     Problems: missing, empty or unreadable file; a sample rate other than `target_sr` when
-    `resample` is False; an empty transcript (after normalisation); audio longer than
-    `max_duration` seconds. The returned records carry the duration measured from the file.
+    `resample` is False; an empty transcript (after normalisation); a manifest duration far from
+    the file's own length (see DURATION_TOLERANCE_S); audio longer than `max_duration` seconds.
+    The returned records carry the duration measured from the file.
     """
     check_policy(policy)
     valid = []
     for utt in utterances:
         try:
             if not normalize_text(utt.text):
-                raise BadDataError(f"{utt.audio_path}: empty transcript {utt.text!r}")
+                raise BadDataError(f"{utt.audio_path}: empty transcript {utt.text!r}"
+                                   f"{_empty_after_normalisation(utt.text)}")
             info = audio_info(utt.audio_path)
             if info.sample_rate != target_sr and not resample:
                 raise AudioError(
                     utt.audio_path,
                     f"sample rate {info.sample_rate} Hz, expected {target_sr} Hz "
                     "(resampling is off)",
+                )
+            if utt.duration is not None and not _duration_agrees(utt.duration, info.duration):
+                raise AudioError(
+                    utt.audio_path,
+                    f"duration {utt.duration!r} s in the manifest, but the file holds "
+                    f"{info.duration:.2f} s (allowed: within {DURATION_TOLERANCE_S:g} s or "
+                    f"{DURATION_TOLERANCE_SHARE:.0%}, whichever is larger)",
                 )
             if max_duration is not None and info.duration > max_duration:
                 raise AudioError(
@@ -241,6 +254,18 @@ def validate_utterances(
             continue
         valid.append(dataclasses.replace(utt, duration=info.duration))
     return valid
+
+
+def _duration_agrees(stated: float, actual: float) -> bool:
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_SHARE * actual)
+    return abs(stated - actual) <= tolerance  # False for NaN
+
+
+def _empty_after_normalisation(text) -> str:
+    """Why a non-blank transcript counts as empty: nothing of it is in the alphabet."""
+    if isinstance(text, str) and text.strip():
+        return " (nothing left after normalisation to a-z, 0-9 and apostrophes)"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -99,8 +99,12 @@ def data_sources(data: dict) -> dict[str, Any]:
         raise ValueError(f"data.kind={kind!r} is invalid; allowed: {list(DATA_KINDS)}")
     fraction = float(data.get("dev_fraction") or 0.0)
     if sources["val"] is None and fraction > 0 and sources["train"] is not None:
-        train, dev = _split_dev(read_utterances(sources["train"]), fraction)
-        sources["train"], sources["val"] = train, dev
+        # Bad manifest lines met here are handled by the training policy and reported at the
+        # end with the rest (build_datamodule takes over this report).
+        report = BadDataReport()
+        utterances = read_utterances(sources["train"], data.get("policy", "skip"), report)
+        train, dev = _split_dev(utterances, fraction)
+        sources["train"], sources["val"], sources["bad_data"] = train, dev, report
     return sources
 
 
@@ -126,7 +130,7 @@ def fit_normalizer(module: ASRModule, train_source, n: int, seed: int) -> None:
 
 def build_datamodule(cfg: dict, tokenizer, sources: dict, policy: str) -> ASRDataModule:
     data = cfg["data"]
-    return ASRDataModule(
+    datamodule = ASRDataModule(
         tokenizer=tokenizer,
         train=sources["train"],
         val=sources["val"],
@@ -138,6 +142,8 @@ def build_datamodule(cfg: dict, tokenizer, sources: dict, policy: str) -> ASRDat
         max_duration=data.get("max_duration"),
         seed=int(cfg.get("seed", 0)),
     )
+    datamodule.report.update(sources.get("bad_data") or BadDataReport())
+    return datamodule
 
 
 def optim_kwargs(optim: dict) -> dict:
