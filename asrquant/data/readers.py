@@ -237,17 +237,17 @@ def validate_utterances(
                     f"sample rate {info.sample_rate} Hz, expected {target_sr} Hz "
                     "(resampling is off)",
                 )
+            if max_duration is not None and info.duration > max_duration:
+                raise AudioError(
+                    utt.audio_path,
+                    f"too long: {info.duration:.2f} s > max_duration {max_duration:g} s",
+                )
             if utt.duration is not None and not _duration_agrees(utt.duration, info.duration):
                 raise AudioError(
                     utt.audio_path,
                     f"duration {utt.duration!r} s in the manifest, but the file holds "
                     f"{info.duration:.2f} s (allowed: within {DURATION_TOLERANCE_S:g} s or "
                     f"{DURATION_TOLERANCE_SHARE:.0%}, whichever is larger)",
-                )
-            if max_duration is not None and info.duration > max_duration:
-                raise AudioError(
-                    utt.audio_path,
-                    f"too long: {info.duration:.2f} s > max_duration {max_duration:g} s",
                 )
         except BadDataError as error:
             handle_bad_data(policy, report, utt.id, error)
