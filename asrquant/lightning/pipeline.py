@@ -164,10 +164,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"checkpoint {str(path)!r} cannot be loaded safely: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(ckpt).__name__}, not a "
+                         "checkpoint dict")
     missing = [k for k in ("state_dict", "model_config", "tokenizer_state") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} lacks {missing}: not an asrquant ASRModule "
                          "checkpoint")
+    for name, t in ckpt["state_dict"].items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"checkpoint {str(path)!r}: tensor {name!r} contains NaN or Inf "
+                             "(a diverged run?)")
     return ckpt
 
 
@@ -181,8 +188,24 @@ def module_from_checkpoint(ckpt: dict, optim: dict | None = None,
                        normalize=normalize_text, predictions_dir=predictions_dir,
                        test_set_names=test_set_names, val_set_names=val_set_names)
     restore_quantization(module, ckpt)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:  # names every missing, unexpected and mis-shaped tensor
+        raise ValueError(f"checkpoint weights do not fit its own model_config "
+                         f"{ckpt['model_config']}: {e}") from None
     return module
+
+
+def _check_resumable(resumed: dict, module: ASRModule, path: Path) -> None:
+    """The run folder's last.ckpt must come from the same model and tokenizer as this run."""
+    have, want = resumed["model_config"], module.model.config.to_dict()
+    diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)}
+    if diff or resumed["tokenizer_state"] != module.tokenizer.to_state():
+        what = f"model config differs {diff}" if diff else "tokenizer differs"
+        raise ValueError(f"cannot resume from {str(path)!r}: it was written by another model "
+                         f"({what}; (checkpoint, this run)); use a new run folder, or "
+                         "resume=false to start over in this one")
 
 
 def make_loggers(cfg: dict, run_dir: Path) -> list:
@@ -294,6 +317,10 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     test_names = ["test", *sources["extra_test"]] if sources["test"] else list(
         sources["extra_test"])
 
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # Read (safely, weights_only) before anything else: it fixes the tokenizer of a resumed run.
+    resumed = load_checkpoint(last) if last.is_file() and cfg.get("resume", True) else None
+
     if cfg.get("init_from"):
         ckpt = load_checkpoint(cfg["init_from"])
         own = recipe_of_checkpoint(ckpt)
@@ -306,19 +333,23 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         module = module_from_checkpoint(ckpt, optim, predictions, test_names)
         tokenizer = module.tokenizer
     else:
-        tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, sources["train"])
+        tokenizer = (tokenizer_from_state(resumed["tokenizer_state"]) if resumed is not None
+                     else build_tokenizer(cfg.get("tokenizer") or {}, sources["train"]))
         fields = {k: v for k, v in cfg["model"].items() if k != "size"}
         model_config = size_config(cfg["model"]["size"], tokenizer.vocab_size, **fields)
         module = ASRModule(model_config, tokenizer, **optim, normalize=normalize_text,
                            predictions_dir=predictions, test_set_names=test_names)
-        fit_normalizer(module, sources["train"], int(cfg.get("normalizer_utterances", 500)),
-                       int(cfg.get("seed", 0)))
+        if resumed is None:  # a resumed run restores the normaliser with the weights
+            fit_normalizer(module, sources["train"], int(cfg.get("normalizer_utterances", 500)),
+                           int(cfg.get("seed", 0)))
+    if resumed is not None:
+        _check_resumable(resumed, module, last)
+        del resumed
 
     strict = bool(cfg.get("quant_strict"))  # the recipe may be the checkpoint's own
     callbacks = [QuantizationCallback(recipe, mode="qat", strict=strict)] if recipe else []
     datamodule = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("policy", "skip"))
     trainer = make_trainer(cfg, run_dir, callbacks)
-    last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.is_file() and cfg.get("resume", True) else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
