@@ -17,8 +17,12 @@ from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
 from asrquant.lightning.pipeline import fit_normalizer, run_eval
 from asrquant.lightning.search import (
+    base_spec,
+    candidate_specs,
     layer_groups,
     load_float_module,
+    recipe_of_choice,
+    recipe_yaml,
     run_search,
     validate_search_config,
 )
@@ -81,7 +85,7 @@ def test_search_end_to_end(setup, tmp_path):
     assert set(chosen["bits"].values()) <= {2, 3, 4, 8}
     assert len(set(chosen["bits"].values())) > 1  # 3.6 bits: more than uniform 2 (3.0 bits)
     # uniform 2-bit fits this budget, so the optimum predicts no larger change
-    u2 = next(c for c in on_disk["comparisons"] if c["bits"] == 2)
+    u2 = next(c for c in on_disk["comparisons"] if c["candidate"] == "2")
     assert u2["uniform"]["size_bytes"] <= on_disk["budget"]["bytes"]
     assert chosen["predicted_change"] <= u2["uniform"]["predicted_change"] + 1e-12
     for c in on_disk["comparisons"]:  # equal size: never larger than the uniform recipe
@@ -112,6 +116,29 @@ def test_search_end_to_end(setup, tmp_path):
     assert again["measured_now"] == 0 and again["groups"] == res["groups"]
     assert again["chosen"]["predicted_change"] <= chosen["predicted_change"] + 1e-12
     assert "dev" not in again["chosen"]
+    # A new candidate (2 bits in groups of 128) measures only that one.
+    more = run_search(search_cfg(setup, "budget_bpw=3.0", "candidates=[2,3,4,8,2g128]",
+                                 "verify=false"), tmp_path / "run3")
+    assert more["measured_now"] == 6
+    assert more["min_bytes"] < on_disk["min_bytes"]  # 2g128 is smaller than 2 bits in g32
+    assert more["chosen"]["size_bytes"] <= more["budget"]["bytes"]
+
+
+def test_recipes_with_group_size_candidates_round_trip_through_yaml(setup):
+    cfg = validate_search_config(search_cfg(setup, "budget_mb=1"))
+    module = load_float_module(setup[0])
+    groups = layer_groups(module)
+    options = candidate_specs([2, 4, "3g128", "8ch"], base_spec(cfg))
+    choice = {g.name: "2" for g in groups}
+    choice.update({"layers.0.ffn1": "3g128", "ctc_head": "8ch", "subsampling": "4"})
+    recipe = recipe_of_choice(options, groups, choice, "rt")
+    doc = yaml.safe_load(recipe_yaml(cfg, recipe, groups, ["a comment"]))
+    assert doc["rules"] == [
+        {"pattern": "model.subsampling.*", "bits": 4},
+        {"pattern": "model.encoder.conformer_layers.0.ffn1.*", "bits": 3, "group_size": 128},
+        {"pattern": "model.ctc_head.*", "bits": 8, "granularity": "channel", "group_size": None},
+    ]
+    assert recipe_from_config(doc).plan(module) == recipe.plan(module)
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -119,14 +146,18 @@ def test_search_end_to_end(setup, tmp_path):
     (["budget_mb=1", "budget_bpw=3"], "exactly one of budget_mb"),
     (["budget_mb=0"], "budget_mb=0 is invalid; allowed: a finite number > 0"),
     (["budget_bpw=-3"], "budget_bpw=-3 is invalid"),
-    (["budget_mb=1", "candidates=[2,16]"], r"candidates=\[2, 16\] is invalid; allowed: a "
-                                           "non-empty list of distinct ints in 1..8"),
-    (["budget_mb=1", "candidates=[2,2]"], r"candidates=\[2, 2\] is invalid"),
+    (["budget_mb=1", "candidates=[2,16]"], r"candidates=\[2, 16\] is invalid \(QuantSpec.bits=16"
+                                           r".*allowed: a non-empty list of distinct bit widths "
+                                           r"in 1..8"),
+    (["budget_mb=1", "candidates=[2,2]"], r"candidates=\[2, 2\] is invalid \(candidate 2 is "
+                                          "repeated"),
     (["budget_mb=1", "candidates=[]"], r"candidates=\[\] is invalid"),
+    (["budget_mb=1", "candidates=[2,2x]"], r"candidate '2x' is invalid; allowed: bits \(e.g. 3\)"),
     (["budget_mb=1", "metric=mse"], r"metric='mse' is invalid; allowed: \['loss', 'wer'\]"),
     (["budget_mb=1", "name=a/b"], "name='a/b' is invalid"),
     (["budget_mb=1", "quant=mixed_attn4_rest2"], "must be a plain spec"),
     (["budget_mb=1", "quant=int2_sym_g32", "candidates=[1,2]"], r"QuantSpec.bits=1"),
+    (["budget_mb=1", "candidates=[2,2g0]"], r"QuantSpec.group_size=0"),
 ])
 def test_bad_input_is_refused_before_any_work(setup, extra, needle):
     with pytest.raises(ValueError, match=needle):

@@ -114,8 +114,8 @@ def layer_groups(model: torch.nn.Module) -> list[LayerGroup]:
     return groups
 
 
-def group_sizes(model: torch.nn.Module, groups: Sequence[LayerGroup], base: QuantSpec,
-                candidates: Sequence[int]) -> tuple[dict[str, dict[int, int]], int, int]:
+def group_sizes(model: torch.nn.Module, groups: Sequence[LayerGroup],
+                options: dict[str, QuantSpec]) -> tuple[dict[str, dict[str, int]], int, int]:
     """Bytes of each group at each candidate bit width (as build_report and export count
     them), the bytes of everything else (kept at its own dtype), and the searched weights."""
     float_rows = {r.name: r for r in build_report(model, {}).rows}
@@ -124,25 +124,46 @@ def group_sizes(model: torch.nn.Module, groups: Sequence[LayerGroup], base: Quan
     sizes = {}
     for g in groups:
         sizes[g.name] = {}
-        for b in candidates:
-            spec = spec_at(base, b)
+        for label, spec in options.items():
             report = build_report(model, {p: spec for p in g.params})
-            sizes[g.name][b] = sum(r.bytes for r in report.rows if r.name in g.params)
+            sizes[g.name][label] = sum(r.bytes for r in report.rows if r.name in g.params)
     num_weights = sum(float_rows[p].numel for p in searched)
     return sizes, fixed, num_weights
 
 
-def spec_at(base: QuantSpec, bits: int) -> QuantSpec:
-    return QuantSpec.from_dict({**base.to_dict(), "bits": bits})
+_CANDIDATE = re.compile(r"^([0-9]+)(?:g([0-9]+)|(ch))?$")
 
 
-def recipe_of_bits(base: QuantSpec, groups: Sequence[LayerGroup], bits: dict[str, int],
-                   name: str) -> QuantRecipe:
+def candidate_specs(candidates: Sequence[int | str], base: QuantSpec) -> dict[str, QuantSpec]:
+    """Label -> spec of each candidate: an int b is `base` at b bits; "2g128" is 2 bits in
+    groups of 128; "4ch" is 4 bits per channel (other fields from `base`)."""
+    out = {}
+    for c in candidates:
+        m = None if isinstance(c, bool) else _CANDIDATE.match(str(c))
+        if m is None:
+            raise ValueError(f"candidate {c!r} is invalid; allowed: bits (e.g. 3), bits in "
+                             "groups of N (e.g. '2g128') or bits per channel (e.g. '4ch')")
+        fields = {**base.to_dict(), "bits": int(m[1])}
+        if m[2]:
+            fields.update(granularity="group", group_size=int(m[2]))
+        elif m[3]:
+            fields.update(granularity="channel", group_size=None)
+        label = str(c)
+        if label in out:
+            raise ValueError(f"candidate {c!r} is repeated")
+        out[label] = QuantSpec.from_dict(fields)
+    if not out:
+        raise ValueError("candidates is empty")
+    return out
+
+
+def recipe_of_choice(options: dict[str, QuantSpec], groups: Sequence[LayerGroup],
+                     choice: dict[str, str], name: str) -> QuantRecipe:
     """Default = the most common choice; one rule per group that differs."""
-    default_bits = Counter(bits[g.name] for g in groups).most_common(1)[0][0]
-    rules = [QuantRule(g.pattern, spec_at(base, bits[g.name])) for g in groups
-             if bits[g.name] != default_bits]
-    return QuantRecipe(spec_at(base, default_bits), tuple(rules), name)
+    default = Counter(choice[g.name] for g in groups).most_common(1)[0][0]
+    rules = [QuantRule(g.pattern, options[choice[g.name]]) for g in groups
+             if choice[g.name] != default]
+    return QuantRecipe(options[default], tuple(rules), name)
 
 
 # ------------------------------------------------------------------------------- scoring
@@ -212,12 +233,13 @@ def default_cache_dir() -> Path:
 
 
 def measure_sensitivity(module: ASRModule, groups: Sequence[LayerGroup], base: QuantSpec,
-                        candidates: Sequence[int], scorer: DevScorer,
+                        options: dict[str, QuantSpec], scorer: DevScorer,
                         cache_dir: str | os.PathLike | None = None,
                         progress: bool = True) -> dict:
-    """{"reference": float dev metrics, "measured": {group: {bits: dev metrics}}}: each group
-    quantized alone at each candidate bit width. Every measurement is saved (atomically) as
-    soon as it is made to `cache_dir`/<key>.json, the key a hash of everything the numbers
+    """{"reference": float dev metrics, "measured": {group: {label: dev metrics}}}: each group
+    quantized alone at each candidate (`options`: label -> spec, see candidate_specs). Every
+    measurement is saved (atomically) as soon as it is made to `cache_dir`/<key>.json, the
+    key a hash of everything the numbers
     depend on (weights, base spec, dev utterance ids, groups); the ones found there are not
     measured again."""
     identity = {"version": CACHE_VERSION, "model": model_fingerprint(module),
@@ -241,17 +263,17 @@ def measure_sensitivity(module: ASRModule, groups: Sequence[LayerGroup], base: Q
     if cache["reference"] is None:
         cache["reference"] = scorer.score(module)
         save()
-    todo = [(g, b) for g in groups for b in candidates
-            if str(b) not in cache["measured"].get(g.name, {})]
+    todo = [(g, c) for g in groups for c in options
+            if c not in cache["measured"].get(g.name, {})]
     bar = tqdm(todo, desc="sensitivity", unit="run", disable=not progress or not todo)
-    for g, b in bar:
-        bar.set_postfix_str(f"{g.name} @ {b} bits")
-        recipe = QuantRecipe(None, (QuantRule(g.pattern, spec_at(base, b)),), f"{g.name}@{b}")
-        cache["measured"].setdefault(g.name, {})[str(b)] = score_recipe(module, recipe, scorer)
+    for g, c in bar:
+        bar.set_postfix_str(f"{g.name} @ {c}")
+        recipe = QuantRecipe(None, (QuantRule(g.pattern, options[c]),), f"{g.name}@{c}")
+        cache["measured"].setdefault(g.name, {})[c] = score_recipe(module, recipe, scorer)
         save()
     return {"reference": cache["reference"], "measured_now": len(todo),
             "cache_path": None if cache_path is None else str(cache_path),
-            "measured": {g.name: {b: cache["measured"][g.name][str(b)] for b in candidates}
+            "measured": {g.name: {c: cache["measured"][g.name][c] for c in options}
                          for g in groups}}
 
 
@@ -297,11 +319,14 @@ def validate_search_config(cfg) -> dict:
             or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{given[0]}={value!r} is invalid; allowed: a finite number > 0")
     cands = cfg.get("candidates")
-    allowed = f"a non-empty list of distinct ints in {MIN_BITS}..{MAX_BITS}, e.g. [2, 3, 4, 8]"
-    if not isinstance(cands, list) or not cands or len(set(map(str, cands))) != len(cands) \
-            or any(isinstance(b, bool) or not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS
-                   for b in cands):
+    allowed = (f"a non-empty list of distinct bit widths in {MIN_BITS}..{MAX_BITS}, e.g. "
+               "[2, 3, 4, 8], optionally with a group size ('2g128') or per channel ('4ch')")
+    if not isinstance(cands, list) or not cands:
         raise ValueError(f"candidates={cands!r} is invalid; allowed: {allowed}")
+    try:
+        candidate_specs(cands, base_spec(cfg))
+    except ValueError as e:
+        raise ValueError(f"candidates={cands!r} is invalid ({e}); allowed: {allowed}") from None
     if cfg.get("metric") not in METRICS:
         raise ValueError(f"metric={cfg.get('metric')!r} is invalid; allowed: {list(METRICS)}")
     n = cfg.get("dev_utterances")
@@ -318,9 +343,6 @@ def validate_search_config(cfg) -> dict:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise ValueError(f"threads={threads!r} is invalid; allowed: null or an int >= 1")
-    base = base_spec(cfg)
-    for b in cands:
-        spec_at(base, b)  # e.g. 1 bit needs symmetric=false
     return cfg
 
 
@@ -339,9 +361,11 @@ def recipe_yaml(cfg: dict, recipe: QuantRecipe, groups: Sequence[LayerGroup],
                 header: Sequence[str]) -> str:
     """The recipe in the flat conf/quant/*.yaml form (the `quant` group's keys as given)."""
     base = {k: v for k, v in (cfg.get("quant") or {}).items() if k not in ("name", "rules")}
-    doc = {"name": recipe.name, "bits": recipe.default.bits,
-           **{k: v for k, v in base.items() if k != "bits"},
-           "rules": [{"pattern": r.pattern, "bits": r.spec.bits} for r in recipe.rules]}
+    default = recipe.default.to_dict()
+    doc = {"name": recipe.name, **{k: default.get(k, v) for k, v in base.items()}}
+    doc["rules"] = [{"pattern": r.pattern, **{k: v for k, v in r.spec.to_dict().items()
+                                              if k in doc and v != default[k]}}
+                    for r in recipe.rules]
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
     return "".join(f"# {line}\n" for line in header) + body
 
@@ -362,11 +386,12 @@ def run_search(cfg, run_dir: str | os.PathLike,
         torch.set_num_threads(int(cfg["threads"]))
     L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     show = bool(cfg.get("progress", True)) if progress is None else bool(progress)
-    candidates = [int(b) for b in cfg["candidates"]]
     base = base_spec(cfg)
+    options = candidate_specs(cfg["candidates"], base)
+    candidates = list(options)
     module = load_float_module(cfg["ckpt"])
     groups = layer_groups(module)
-    sizes, fixed, num_weights = group_sizes(module, groups, base, candidates)
+    sizes, fixed, num_weights = group_sizes(module, groups, options)
     budget = budget_bytes_from(cfg.get("budget_mb"), cfg.get("budget_bpw"),
                                fixed_bytes=fixed, num_weights=num_weights)
     # Fail on an impossible budget before the (slow) measurement.
@@ -380,28 +405,31 @@ def run_search(cfg, run_dir: str | os.PathLike,
     scorer = DevScorer(module, sources["val"], float(cfg["data"].get("max_batch_seconds", 60)),
                        cfg.get("dev_utterances"), cfg["data"].get("eval_policy", "error"))
     cache_dir = Path(cfg.get("cache_dir") or default_cache_dir())
-    table = measure_sensitivity(module, groups, base, candidates, scorer, cache_dir, show)
+    table = measure_sensitivity(module, groups, base, options, scorer, cache_dir, show)
     metric = cfg["metric"]
     ref = table["reference"]
     cost = {g.name: {b: table["measured"][g.name][b][metric] - ref[metric] for b in candidates}
             for g in groups}
-    options = [GroupOptions(g.name, sizes[g.name], cost[g.name]) for g in groups]
+    group_opts = [GroupOptions(g.name, sizes[g.name], cost[g.name]) for g in groups]
 
     def summary(alloc: Allocation, name: str) -> dict:
-        recipe = recipe_of_bits(base, groups, alloc.bits, name)
-        return {"bits": alloc.bits, "predicted_change": alloc.cost, **_totals(module, recipe),
+        recipe = recipe_of_choice(options, groups, alloc.bits, name)
+        return {"choice": alloc.bits,
+                "bits": {g: options[c].bits for g, c in alloc.bits.items()},
+                "predicted_change": alloc.cost, **_totals(module, recipe),
                 "recipe": recipe}
 
-    chosen = summary(allocate(options, budget, fixed), cfg["name"])
+    chosen = summary(allocate(group_opts, budget, fixed), cfg["name"])
     comparisons = []
     for b in candidates:
         uniform = {g.name: b for g in groups}
         u_bytes = fixed + sum(sizes[g.name][b] for g in groups)
-        recipe = recipe_of_bits(base, groups, uniform, f"uniform_int{b}")
-        row = {"bits": b,
+        recipe = recipe_of_choice(options, groups, uniform, f"uniform_{b}")
+        row = {"candidate": b,
                "uniform": {"predicted_change": sum(cost[g.name][b] for g in groups),
                            **_totals(module, recipe), "recipe": recipe},
-               "mixed_same_size": summary(allocate(options, u_bytes, fixed), f"mixed_at_int{b}")}
+               "mixed_same_size": summary(allocate(group_opts, u_bytes, fixed),
+                                          f"mixed_at_{b}")}
         comparisons.append(row)
     if cfg.get("verify", True):
         todo = [chosen] + [c[k] for c in comparisons for k in ("uniform", "mixed_same_size")]
@@ -415,7 +443,8 @@ def run_search(cfg, run_dir: str | os.PathLike,
         f"{chosen['effective_bits']:.3f} bits per quantized weight",
         f"metric: dev {metric}; predicted change {chosen['predicted_change']:+.5f} "
         f"(sum of per-group changes, float dev {metric} {ref[metric]:.5f})",
-        "group -> bits: " + ", ".join(f"{g.name} {chosen['bits'][g.name]}" for g in groups),
+        "group -> candidate: " + ", ".join(f"{g.name} {chosen['choice'][g.name]}"
+                                           for g in groups),
     ]
     text = recipe_yaml(cfg, chosen["recipe"], groups, header)
     # The file must load back to exactly the chosen recipe.
@@ -431,7 +460,8 @@ def run_search(cfg, run_dir: str | os.PathLike,
 
     results = {
         "status": "ok", "git_revision": git_revision(), "config": cfg,
-        "ckpt": str(cfg["ckpt"]), "metric": metric, "candidates": candidates,
+        "ckpt": str(cfg["ckpt"]), "metric": metric,
+        "candidates": {c: s.to_dict() for c, s in options.items()},
         "base_spec": base.to_dict(),
         "dev": {"source": str(sources["val"]) if not isinstance(sources["val"], list)
                 else f"{len(sources['val'])} utterances", **ref},
@@ -439,13 +469,13 @@ def run_search(cfg, run_dir: str | os.PathLike,
                    "bits_per_weight": 8 * (budget - fixed) / num_weights,
                    "given": {k: cfg.get(k) for k in ("budget_mb", "budget_bpw")}},
         "fixed_bytes": fixed, "num_searched_weights": num_weights,
-        "min_bytes": min_total_bytes(options, fixed),
+        "min_bytes": min_total_bytes(group_opts, fixed),
         "groups": [{"name": g.name, "pattern": g.pattern, "params": list(g.params),
                     "bytes": sizes[g.name], "change": cost[g.name],
                     "dev": table["measured"][g.name]} for g in groups],
         "sensitivity_cache": table["cache_path"], "measured_now": table["measured_now"],
         "chosen": plain_entry(chosen),
-        "comparisons": [{"bits": c["bits"], "uniform": plain_entry(c["uniform"]),
+        "comparisons": [{"candidate": c["candidate"], "uniform": plain_entry(c["uniform"]),
                          "mixed_same_size": plain_entry(c["mixed_same_size"])}
                         for c in comparisons],
         "recipe_files": [str(p) for p in paths],

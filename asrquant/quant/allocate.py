@@ -1,10 +1,11 @@
 """Mixed-precision bit allocation: one bit width per layer group, least total cost under a size
 budget. Pure Python (no torch): the caller measures sizes (`build_report`) and costs.
 
-The problem is a multiple-choice knapsack: group g at bit width b costs `cost[g][b]` (the
-measured sensitivity, e.g. the dev-loss increase when only g is quantized to b bits) and takes
-`nbytes[g][b]` bytes (codes, scales and zero points as export writes them). Costs are taken
-as additive: the cost of a whole assignment is the sum of its groups' costs.
+The problem is a multiple-choice knapsack: group g at candidate b (a bit width, or any
+label such as "2g128") costs `cost[g][b]` (the measured sensitivity, e.g. the dev-loss
+increase when only g is quantized to b bits) and takes `nbytes[g][b]` bytes (codes, scales
+and zero points as export writes them). Costs are taken as additive: the cost of a whole
+assignment is the sum of its groups' costs.
 
 `allocate` solves it exactly by dynamic programming over Pareto-optimal partial solutions:
 after each group only the assignments that no other beats in both bytes and cost are kept,
@@ -17,7 +18,7 @@ then towards the earlier choice in each group's candidate order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 MB = 1_000_000  # the MB of QuantReport.size_mb
@@ -29,11 +30,12 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class GroupOptions:
-    """One layer group: for each candidate bit width, its stored bytes and measured cost."""
+    """One layer group: for each candidate (bit width or label), its stored bytes and measured
+    cost."""
 
     name: str
-    nbytes: Mapping[int, int]
-    cost: Mapping[int, float]
+    nbytes: Mapping[Hashable, int]
+    cost: Mapping[Hashable, float]
 
     def __post_init__(self):
         if set(self.nbytes) != set(self.cost) or not self.nbytes:
@@ -50,7 +52,7 @@ class GroupOptions:
                                  "allowed: a finite number")
 
     @property
-    def bits(self) -> list[int]:
+    def bits(self) -> list:
         return list(self.nbytes)
 
     def min_bytes(self) -> int:
@@ -59,7 +61,7 @@ class GroupOptions:
 
 @dataclass(frozen=True)
 class Allocation:
-    bits: dict[str, int]  # group name -> chosen bit width
+    bits: dict  # group name -> chosen candidate (bit width or label)
     nbytes: int  # total bytes: chosen groups plus `fixed_bytes`
     cost: float  # sum of the chosen groups' costs
     budget_bytes: int
