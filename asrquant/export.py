@@ -169,7 +169,11 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
             _check_finite(k, t, path)
             plain[k] = t
 
-    module = ASRModule(model_config, tokenizer)
+    # Built on the meta device (no memory), then given the file's tensors with assign=True:
+    # the float weights of quantized layers are never materialised, so peak memory while
+    # loading stays near the packed model's size.
+    with torch.device("meta"):
+        module = ASRModule(model_config, tokenizer)
     expected = set(module.state_dict())
     unknown = sorted(set(plain) - expected)
     absent = sorted(expected - set(plain) - set(packed_weights))
@@ -185,7 +189,10 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     module.load_state_dict({**plain, **{f"{_packed_key(n)}.{b}": getattr(pw, b)
                                         for n, pw in packed_weights.items()
                                         for b in ("packed", "scale", "zero_point")
-                                        if getattr(pw, b) is not None}})
+                                        if getattr(pw, b) is not None}}, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ExportError(f"{path}: no tensor in the file for {left[:5]}")
     return module.to(map_location).eval()
 
 

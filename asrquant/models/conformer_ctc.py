@@ -173,16 +173,20 @@ class ConformerCTC(nn.Module):
     def __init__(self, config: ConformerCTCConfig) -> None:
         super().__init__()
         self.config = config
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE,
-            n_fft=N_FFT,
-            win_length=N_FFT,
-            hop_length=HOP_LENGTH,
-            n_mels=config.n_mels,
-            # center=True would reflect-pad the ends, so the last frames of an utterance would
-            # differ between the utterance alone and the same one zero-padded in a batch.
-            center=False,
-        )
+        # The filterbank's construction reads values (it cannot run on the meta device, which
+        # loaders use to build a model without memory), and it is small: always on the CPU.
+        with torch.device("cpu"):
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=SAMPLE_RATE,
+                n_fft=N_FFT,
+                win_length=N_FFT,
+                hop_length=HOP_LENGTH,
+                n_mels=config.n_mels,
+                # center=True would reflect-pad the ends, so the last frames of an utterance
+                # would differ between the utterance alone and the same one zero-padded in a
+                # batch.
+                center=False,
+            )
         self.register_buffer("feat_mean", torch.zeros(config.n_mels))
         self.register_buffer("feat_std", torch.ones(config.n_mels))
         self.freq_masking = torchaudio.transforms.FrequencyMasking(config.freq_mask_width)
