@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .pack import from_unsigned, pack, to_unsigned, unpack
-from .primitives import QuantizedTensor, group_layout
+from .primitives import QuantizedTensor, cast_saturating, group_layout
 from .spec import QuantSpec
 
 
@@ -66,7 +66,7 @@ class PackedWeight(nn.Module):
                 offset[:, :full]).mul_(scale[:, :full])
         if body < layout.row_len:
             w[:, body:].sub_(offset[:, full]).mul_(scale[:, full])
-        return w.reshape(self.shape).to(self.dtype)
+        return cast_saturating(w.reshape(self.shape), self.dtype)
 
     def _float_qparams(self):
         cache = getattr(self, "_qparams_cache", None)

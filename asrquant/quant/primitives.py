@@ -79,6 +79,16 @@ def to_groups(w: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
     return x.reshape(layout.rows, layout.n_groups, layout.group_len)
 
 
+def cast_saturating(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x.to(dtype)`, clamping to a narrower float dtype's largest finite value first: a float16
+    weight near 65504 can decode one (rounded-up) step above it, which would become inf."""
+    if dtype != x.dtype and dtype.is_floating_point and x.is_floating_point():
+        top = torch.finfo(dtype).max
+        if top < torch.finfo(x.dtype).max:
+            x = x.clamp(-top, top)
+    return x.to(dtype)
+
+
 def from_groups(x: torch.Tensor, layout: GroupLayout, shape) -> torch.Tensor:
     x = x.reshape(layout.rows, layout.n_groups * layout.group_len)
     if layout.pad:
@@ -244,7 +254,8 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     q = to_groups(qt.codes, layout)
     scale = qt.scale.to(torch.float32).unsqueeze(-1)
     zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32).unsqueeze(-1)
-    return from_groups(dequantize_groups(q, scale, zp), layout, qt.shape).to(qt.dtype)
+    return cast_saturating(from_groups(dequantize_groups(q, scale, zp), layout, qt.shape),
+                           qt.dtype)
 
 
 def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -261,9 +272,9 @@ def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
         x = to_groups(w, layout)
         lo, hi = _range_stats(x, spec)  # also the STE's clip range below
         scale, zp, ratio = _choose_qparams(x, (lo, hi), spec)
-        w_hat = from_groups(
+        w_hat = cast_saturating(from_groups(
             dequantize_groups(quantize_groups(x, scale, zp, spec), scale, zp), layout, w.shape
-        ).to(w.dtype)
+        ), w.dtype)
     if not w.requires_grad:
         return w_hat
     with torch.no_grad():
