@@ -154,11 +154,14 @@ def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(trained,
 
     results, _, data = trained
     ckpt = f"ckpt={results['best_checkpoint']}"
-    ptq = run_eval(cfg_of("eval", TINY + data + [ckpt, "quant=int2_asym_g32_mse"]),
-                   tmp_path / "ptq")
+    ptq = run_eval(cfg_of("eval", TINY + data + [ckpt, "quant=int2_asym_g32_mse",
+                                                 "export=true"]), tmp_path / "ptq")
     exp = run_export(cfg_of("export", [ckpt, "quant=int2_asym_g32_mse"]), tmp_path / "exp")
     assert exp["tensor_bytes"] == exp["predicted_bytes"]
-    packed = run_eval(cfg_of("eval", TINY + data + [f"packed={exp['path']}"]), tmp_path / "pk")
+    # eval's export=true writes the same file as asrquant-export
+    written = tmp_path / "ptq" / "model.safetensors"
+    assert ptq["file_bytes"] == exp["file_bytes"] == written.stat().st_size
+    packed = run_eval(cfg_of("eval", TINY + data + [f"packed={written}"]), tmp_path / "pk")
     assert packed["mode"] == "packed"
     for name in ("test", "heldout_voices"):
         assert packed["test"][name]["wer"] == ptq["test"][name]["wer"]

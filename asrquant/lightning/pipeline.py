@@ -413,6 +413,11 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     results.update(_size_fields(module, recipe))
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
+    if cfg.get("export"):  # the packed file of what was evaluated, and its real size
+        from asrquant.export import export_packed
+
+        info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors")
+        results["file_bytes"] = info["file_bytes"]
     results["wall_time_s"] = time.perf_counter() - started
     atomic_write_json(run_dir / "results.json", json_safe(results))
     return results
