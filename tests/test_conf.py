@@ -27,7 +27,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 def test_every_experiment_composes_and_validates(name):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.dir=/d"]
-                      if name.startswith("fsdd") else [f"experiment={name}"])
+                      if name.startswith(("fsdd", "librispeech")) else [f"experiment={name}"])
     validate_config(cfg, "train")
 
 
