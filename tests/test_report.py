@@ -67,3 +67,50 @@ def test_report_writes_table_csv_and_plot_and_lists_failures(sweep, capsys):
 def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
+
+
+def study_sweep(tmp_path):
+    runs = {
+        "float": result("float", None, 32, 8.0, 0.10),
+        "control": result("finetune", None, 32, 8.0, 0.09),
+        "i4": result("ptq", "i4", 4, 1.2, 0.10, group=128),
+        "i4mse": result("ptq", "i4m", 4, 1.2, 0.11, group=128, clip="mse"),
+        "a32": result("ptq", "a32", 2, 0.8, 0.20),
+        "a32mse": result("ptq", "a32m", 2, 0.8, 0.18, clip="mse"),
+        "s32": result("ptq", "s32", 2, 0.7, 0.60, sym=True),
+        "ach": result("ptq", "ach", 2, 0.6, 0.40, gran="channel", group=None),
+        "qat_a32": result("qat", "a32", 2, 0.8, 0.0905),
+    }
+    runs["control"]["recipe"] = None  # the float control has no recipe
+    runs["a32"]["file_bytes"] = 812_345
+    for name, r in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    return tmp_path
+
+
+def test_study_table_has_one_row_per_recipe_with_ptq_and_qat_wer_and_file_size(tmp_path):
+    from asrquant.cli.report import study_rows
+
+    rows, base, best4 = study_rows(load_runs(study_sweep(tmp_path)), "test")
+    by = {r["recipe"]: r for r in rows}
+    assert by["float"]["ptq_wer"] == 0.10 and by["float"]["qat_wer"] == 0.09  # the control
+    a32 = by["int2 asym g32"]
+    assert (a32["ptq_wer"], a32["qat_wer"]) == (0.20, 0.0905)
+    assert a32["size_bytes"] == 812_345 and a32["from_file"]  # the exported file wins
+    assert best4["recipe"] == "int4 asym g128"  # lowest PTQ WER among 4-bit recipes
+    assert a32["vs_best_4bit"] == pytest.approx(0.812345 / 1.2)
+    assert a32["rel_wer_qat"] == pytest.approx((0.0905 - 0.09) / 0.09)
+
+
+def test_findings_are_computed_from_the_numbers(tmp_path):
+    root = study_sweep(tmp_path)
+    main([str(root)])
+    md = (root / "results.md").read_text()
+    assert "## Recipes" in md and "## Findings" in md and "## All runs" in md
+    assert "asymmetric has the lower PTQ WER in 1 of 1 matched pairs" in md
+    assert "2 bits: better 1, worse 0, equal 0; 4 bits: better 0, worse 1" in md
+    # QAT 9.05% vs control 9.00% on 1000 words: within one standard deviation (0.9 points)
+    assert "**2-bit QAT is lossless** (paper: yes, on LibriSpeech): holds" in md
+    assert (root / "wer_vs_group_size.png").stat().st_size > 1000
+    assert (root / "study.csv").read_text().count("\n") == 8  # header + 7 recipes

@@ -3,8 +3,13 @@
     asrquant-report SWEEP_DIR [--out DIR] [--test-set test] [--baseline results.json]
 
 Reads every results.json under SWEEP_DIR (a Hydra multirun folder, or any tree of runs) and
-writes results.md, results.csv and wer_vs_size.png (WER against model size, Pareto front
-marked) into --out (default SWEEP_DIR). Failed runs are listed with their errors.
+writes into --out (default SWEEP_DIR):
+  results.md   the study table (one row per recipe: PTQ and QAT WER, file size, size
+               against float32 and the best 4-bit model, relative WER change), the findings
+               on each of the paper's claims computed from these numbers, every run, and the
+               failed runs with their errors;
+  results.csv  every run; study.csv the study table;
+  wer_vs_size.png (Pareto front marked), wer_vs_group_size.png (2 bits, sym/asym, +-clip).
 """
 
 from __future__ import annotations
@@ -131,8 +136,17 @@ def markdown(rows, failed, best4, test_set, words) -> str:
         for r in failed:
             overrides = " ".join(r.get("overrides") or [])
             where = f"`{r['_path']}`" + (f" (`{overrides}`)" if overrides else "")
-            lines.append(f"- {where}: {r.get('error', 'unknown error')}")
+            lines.append(f"- {where}: {failure_text(r)}")
     return "\n".join(lines) + "\n"
+
+
+def failure_text(run: dict) -> str:
+    """The error of a run that is not ok; a run still marked "running" was killed outright
+    (SIGKILL, out of memory, a time limit) or has not finished yet."""
+    if run.get("status") == "running":
+        return (f"did not finish: status 'running' since {run.get('started', '?')} (killed, "
+                "e.g. out of memory or a time limit, or still running)")
+    return run.get("error") or f"unknown error (status {run.get('status')!r})"
 
 
 def write_csv(path: Path, rows, failed) -> None:
@@ -142,7 +156,8 @@ def write_csv(path: Path, rows, failed) -> None:
     for r in rows:
         w.writerow({**{c: r.get(c) for c in COLUMNS}, "status": "ok", "error": ""})
     for r in failed:
-        w.writerow({"run": r["_path"], "status": "failed", "error": r.get("error", "")})
+        w.writerow({"run": r["_path"], "status": r.get("status") or "failed",
+                    "error": failure_text(r)})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -213,6 +228,230 @@ def export_table(root: Path) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------- the study table
+
+STUDY_COLUMNS = ["recipe", "bits", "sym", "granularity", "group", "clip", "ptq_wer", "qat_wer",
+                 "size_mb", "vs_float32", "vs_best_4bit", "rel_wer_ptq", "rel_wer_qat"]
+
+
+def _run_bytes(run: dict) -> tuple[int, bool]:
+    """(bytes, from_file): the exported file's size when the run wrote one (eval
+    export=true), else the report's prediction of the stored tensors."""
+    if run.get("file_bytes"):
+        return int(run["file_bytes"]), True
+    return int(run.get("stored_bytes") or run["size_bytes"]), False
+
+
+def study_rows(runs: list[dict], test_set: str):
+    """One row per recipe. PTQ WER from the post-training run (for float: the baseline),
+    QAT WER from the fine-tuned run (for float: the control fine-tuned for the same steps)."""
+    ok = [r for r in runs if r.get("status") == "ok" and test_set in (r.get("test") or {})]
+    by_label: dict[str, dict] = {}
+    for r in ok:
+        fields = _spec_fields(r)
+        row = by_label.setdefault(fields["recipe"], {**fields, "runs": []})
+        row["runs"].append(r["_path"])
+        wer = r["test"][test_set]["wer"]
+        if r.get("mode") in ("ptq", "float"):
+            row["ptq_wer"] = wer
+        elif r.get("mode") in ("qat", "finetune"):
+            row["qat_wer"] = wer
+        else:
+            continue
+        nbytes, from_file = _run_bytes(r)
+        if from_file or "size_bytes" not in row:
+            row["size_bytes"], row["from_file"] = nbytes, from_file
+    rows = [r for r in by_label.values() if "size_bytes" in r]
+    for r in rows:
+        r["size_mb"] = r["size_bytes"] / 1e6
+    floats = [r for r in rows if r["bits"] == 32]
+    base = floats[0] if floats else None
+    fours = [r for r in rows if r["bits"] == 4 and r.get("ptq_wer") is not None]
+    best4 = min(fours, key=lambda r: (r["ptq_wer"], r["size_bytes"])) if fours else None
+    for r in rows:
+        r["vs_float32"] = r["size_bytes"] / base["size_bytes"] if base else None
+        r["vs_best_4bit"] = r["size_bytes"] / best4["size_bytes"] if best4 else None
+        for mode in ("ptq", "qat"):
+            ref = base.get(f"{mode}_wer") if base else None
+            wer = r.get(f"{mode}_wer")
+            r[f"rel_wer_{mode}"] = (wer - ref) / ref if ref and wer is not None else None
+    rows.sort(key=lambda r: (-r["size_bytes"], r.get("ptq_wer") or 0))
+    return rows, base, best4
+
+
+def study_markdown(rows, best4, test_set: str, words: int) -> str:
+    file_note = ("all sizes are exported files' bytes" if all(r["from_file"] for r in rows)
+                 else "sizes marked * are predicted stored bytes (no exported file in the sweep)")
+    lines = [f"Test set `{test_set}`, {words} words (one word = {100 / max(words, 1):.3f} WER "
+             f"points). PTQ: post-training quantization of the float model; QAT: fine-tuned "
+             f"with fake quantization; the float row's QAT column is the float control "
+             f"fine-tuned for the same steps. `rel_wer_*`: relative to the float baseline "
+             f"(PTQ) or the float control (QAT). Best 4-bit: "
+             f"{best4['recipe'] if best4 else 'none'}; {file_note}.", "",
+             "| " + " | ".join(STUDY_COLUMNS) + " |", "|" + "---|" * len(STUDY_COLUMNS)]
+    fmt = {"ptq_wer": "wer", "qat_wer": "wer", "vs_float32": "vs_float", "vs_best_4bit":
+           "vs_4bit", "rel_wer_ptq": "rel_wer_change", "rel_wer_qat": "rel_wer_change"}
+    for r in rows:
+        cells = [_fmt(r.get(c), fmt.get(c, c)) for c in STUDY_COLUMNS]
+        if not r["from_file"]:
+            cells[STUDY_COLUMNS.index("size_mb")] += "*"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _noise_points(wer: float, words: int) -> float:
+    """One binomial standard deviation of a WER measured on `words` words, in points."""
+    p = min(max(wer, 1e-9), 1.0)
+    return 100 * math.sqrt(p * (1 - p) / max(words, 1)) if p < 1 else 0.0
+
+
+def findings(rows, base, best4, words: int) -> str:
+    """What the numbers say about each claim of Rybakov et al. (2023); computed, not typed."""
+    def find(bits, sym, gran, group, clip):
+        for r in rows:
+            if (r["bits"], r["sym"], r["granularity"], r["group"] or None, r["clip"]) == (
+                    bits, sym, gran, group, clip):
+                return r
+        return None
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    out = ["Each line below is computed by asrquant-report from the table above. Noise: one "
+           f"binomial standard deviation of a WER w on {words} words is "
+           f"100*sqrt(w(1-w)/{words}) points.", ""]
+    two = [r for r in rows if r["bits"] == 2 and r.get("ptq_wer") is not None]
+    # 1. asymmetric vs symmetric at 2 bits, matched on granularity and clipping
+    pairs = []
+    for a in (r for r in two if r["sym"] is False):
+        s = find(2, True, a["granularity"], a["group"] or None, a["clip"])
+        if s is not None and s.get("ptq_wer") is not None:
+            pairs.append((a, s))
+    if pairs:
+        wins = sum(a["ptq_wer"] < s["ptq_wer"] for a, s in pairs)
+        eg = min(pairs, key=lambda p: p[0]["ptq_wer"])
+        verdict = "holds" if wins == len(pairs) else ("mostly holds" if wins > len(pairs) / 2
+                                                      else "does not hold")
+        out.append(f"- **Asymmetric beats symmetric at 2 bits** (paper: yes): {verdict} here: "
+                   f"asymmetric has the lower PTQ WER in {wins} of {len(pairs)} matched pairs "
+                   f"(same granularity and clipping); best pair {eg[0]['recipe']} "
+                   f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}.")
+    # 2. sub-channel vs per-channel
+    pairs = []
+    for c in (r for r in rows if r["granularity"] == "channel" and r.get("ptq_wer") is not None
+              and r["bits"] in (2, 3, 4)):
+        groups = [r for r in rows if r["bits"] == c["bits"] and r["sym"] == c["sym"]
+                  and r["clip"] == c["clip"] and r["granularity"] == "group"
+                  and r.get("ptq_wer") is not None]
+        if groups:
+            g = min(groups, key=lambda r: r["group"])
+            pairs.append((g, c))
+    if pairs:
+        wins = sum(g["ptq_wer"] <= c["ptq_wer"] for g, c in pairs)
+        at2 = [(g, c) for g, c in pairs if c["bits"] == 2]
+        eg = ("; at 2 bits: " + ", ".join(
+            f"{c['recipe']} {pct(c['ptq_wer'])} -> g{g['group']} {pct(g['ptq_wer'])}"
+            for g, c in at2)) if at2 else ""
+        out.append(f"- **Sub-channel (small groups) beats per-channel** (paper: yes, at a small "
+                   f"size cost): the smallest group is at least as good as per-channel in "
+                   f"{wins} of {len(pairs)} matched pairs at 2-4 bits{eg}.")
+    # 3. clipping
+    by_bits = {}
+    for r in (r for r in rows if r["clip"] == "mse" and r.get("ptq_wer") is not None):
+        n = find(r["bits"], r["sym"], r["granularity"], r["group"] or None, "none")
+        if n is not None and n.get("ptq_wer") is not None:
+            d = by_bits.setdefault(r["bits"], [0, 0, 0])
+            d[0 if r["ptq_wer"] < n["ptq_wer"] else 1 if r["ptq_wer"] > n["ptq_wer"] else 2] += 1
+    if by_bits:
+        parts = [f"{b} bits: better {d[0]}, worse {d[1]}, equal {d[2]}"
+                 for b, d in sorted(by_bits.items())]
+        out.append("- **Clipping (MSE search of the clip range) helps at low bits** (paper: "
+                   "yes): PTQ WER with mse clipping against none, matched pairs, "
+                   + "; ".join(parts) + ".")
+    # 4. lossless 2-bit with QAT
+    qat2 = [r for r in two if r.get("qat_wer") is not None]
+    control = base.get("qat_wer") if base else None
+    if qat2 and control is not None:
+        r = min(qat2, key=lambda r: r["qat_wer"])
+        diff = 100 * (r["qat_wer"] - control)
+        noise = _noise_points(control, words)
+        verdict = ("holds (within one standard deviation)" if diff <= noise
+                   else "does not hold here")
+        out.append(f"- **2-bit QAT is lossless** (paper: yes, on LibriSpeech): {verdict}: "
+                   f"{r['recipe']} after QAT {pct(r['qat_wer'])} against the float control "
+                   f"{pct(control)} fine-tuned for the same steps ({diff:+.2f} points; one "
+                   f"standard deviation {noise:.2f}); PTQ of the same recipe "
+                   f"{pct(r.get('ptq_wer'))}.")
+    # 5. size against 4-bit
+    if best4 and two:
+        cand = qat2 or two
+        key = "qat_wer" if qat2 else "ptq_wer"
+        r = min(cand, key=lambda r: r[key])
+        saved = 1 - r["size_bytes"] / best4["size_bytes"]
+        out.append(f"- **2-bit is about a third smaller than the best 4-bit model** (paper: "
+                   f"32%): {r['recipe']} is {r['size_mb']:.3f} MB against {best4['recipe']} "
+                   f"{best4['size_mb']:.3f} MB: {100 * saved:.1f}% smaller (at WER "
+                   f"{pct(r[key])} vs {pct(best4.get('ptq_wer'))}).")
+    # 6. mixed precision search against uniform recipes at equal size
+    mixed = [r for r in rows if r["bits"] == "mixed" and r.get("ptq_wer") is not None]
+    for m in mixed:
+        near = [r for r in rows if r["bits"] in (2, 3, 4) and r.get("ptq_wer") is not None
+                and r["size_bytes"] <= m["size_bytes"] * 1.02]
+        if near:
+            u = min(near, key=lambda r: r["ptq_wer"])
+            out.append(f"- **Mixed precision {m['recipe']}** ({m['size_mb']:.3f} MB): PTQ "
+                       f"{pct(m['ptq_wer'])} against the best uniform recipe no larger than "
+                       f"it (+2%), {u['recipe']} ({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}.")
+    return "\n".join(out) + "\n"
+
+
+def plot_group_size(path: Path, rows, title: str, bits: int = 2) -> bool:
+    """PTQ WER against group size at `bits` bits: sym/asym, with and without clipping;
+    per-channel drawn at the right end. False if the sweep has no such runs."""
+    pts = [r for r in rows if r["bits"] == bits and r.get("ptq_wer") is not None
+           and r["granularity"] in ("group", "channel")]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r["group"] for r in pts if r["granularity"] == "group"})
+    xs = {g: i for i, g in enumerate(groups)}
+    xs["ch"] = len(groups)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sym, color in ((False, "tab:blue"), (True, "tab:orange")):
+        for clip, style in (("none", "o-"), ("mse", "s--")):
+            line = [r for r in pts if r["sym"] == sym and r["clip"] == clip]
+            line.sort(key=lambda r: xs[r["group"] if r["granularity"] == "group" else "ch"])
+            if line:
+                ax.plot([xs[r["group"] if r["granularity"] == "group" else "ch"] for r in line],
+                        [100 * r["ptq_wer"] for r in line], style, color=color,
+                        label=f"{'sym' if sym else 'asym'}, clip {clip}")
+    ax.set_xticks(range(len(groups) + 1), [str(g) for g in groups] + ["per-channel"])
+    ax.set_xlabel("group size (weights per scale along the input dimension)")
+    ax.set_ylabel("test WER (%), PTQ")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return True
+
+
+def write_study_csv(path: Path, rows) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=STUDY_COLUMNS + ["size_from_file", "runs"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**{c: r.get(c) for c in STUDY_COLUMNS}, "size_from_file": r["from_file"],
+                    "runs": " ".join(r["runs"])})
+    atomic_write_text(path, buf.getvalue())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path)
@@ -231,7 +470,16 @@ def main(argv: list[str] | None = None) -> None:
     rows, failed, best4 = build_rows(runs, args.test_set, baseline)
     out = args.out or args.sweep_dir
     words = rows[0]["words"] if rows else 0
+    study, base, best4_study = study_rows(runs, args.test_set)
     md = markdown(rows, failed, best4, args.test_set, words)
+    if study:
+        md = (f"# {args.title}\n\n## Recipes\n\n"
+              + study_markdown(study, best4_study, args.test_set, words)
+              + "\n## Findings\n\n" + findings(study, base, best4_study, words)
+              + "\n## All runs\n\n" + md)
+        write_study_csv(out / "study.csv", study)
+        plot_group_size(out / "wer_vs_group_size.png", study,
+                        f"{args.title}: 2-bit PTQ WER against group size")
     atomic_write_text(out / "results.md", md)
     write_csv(out / "results.csv", rows, failed)
     if rows:
