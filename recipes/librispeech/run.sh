@@ -99,7 +99,7 @@ fi
 
 if [[ -z "${CKPT:-}" ]]; then
   if stage 1; then
-    echo "== 1. float baseline (Conformer L, $GPUS GPU(s))"
+    echo "== 1. float baseline"
     # tokenizer: the same settings as prepare.py's, so training builds the same one
     $BIN/asrquant-train experiment=librispeech_float "${D[@]}" "${DEVICE[@]}" \
       tokenizer.vocab_size="$VOCAB" \
