@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,13 +57,25 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Fail at start, not after hours of work, if `folder` cannot be written."""
+MIN_FREE_BYTES = 64 * 2**20  # a floor, not an estimate: checkpoints of big models need more
+
+
+def check_writable(folder: str | os.PathLike, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
+    """Fail at start, not after hours of work, if `folder` cannot be written: it is created,
+    a small probe file is written and synced there (a read-only or full disk fails here), and
+    the disk must have `min_free_bytes` free."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        free = shutil.disk_usage(folder).free
     except OSError as e:
         raise OSError(f"output folder {str(folder)!r} is not writable: {e.strerror or e}") from e
+    if free < min_free_bytes:
+        raise OSError(f"output folder {str(folder)!r} has only {free / 2**20:.1f} MiB free; "
+                      f"allowed: at least {min_free_bytes / 2**20:.0f} MiB (checkpoints, "
+                      "results and predictions are written there)")
     return folder

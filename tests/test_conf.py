@@ -39,8 +39,9 @@ def test_callbacks_group_builds_checkpointing_and_early_stopping(tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = plain(compose(config_name="train", overrides=["callbacks=early_stop"]))
     cbs = make_callbacks(cfg, tmp_path)
-    ck = next(c for c in cbs if isinstance(c, ModelCheckpoint))
-    assert ck.monitor == "val/wer" and ck.save_last
+    ck, last = [c for c in cbs if isinstance(c, ModelCheckpoint)]
+    assert ck.monitor == "val/wer" and ck.filename == "best"
+    assert last.monitor is None and last.filename == "last"  # rewritten every epoch
     es = next(c for c in cbs if isinstance(c, EarlyStopping))
     assert es.patience == 5
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['swa'\]"):

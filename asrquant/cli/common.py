@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from asrquant.io import atomic_write_json
+from asrquant.io import atomic_write_json, check_writable
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -17,25 +19,43 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def run_and_record(run: Callable, cfg) -> dict | None:
     """Run `run(cfg, run_dir)` in the Hydra output folder.
 
-    A failure is written to results.json (status "failed", the error and traceback). In a
-    multirun sweep the exception is then swallowed so the other members still run; in a
-    single run it is raised again (non-zero exit).
+    results.json says "running" from the start, so a member killed outright (SIGKILL, the
+    out-of-memory killer, a cluster time limit) is still listed by asrquant-report. A failure
+    is written to results.json (status "failed", the error and traceback); SIGTERM or Ctrl-C
+    writes status "interrupted". In a multirun sweep a failure is then swallowed so the other
+    members still run; in a single run it is raised again (non-zero exit).
     """
+    from omegaconf import OmegaConf
+
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
+    run_dir = check_writable(Path(hc.runtime.output_dir))
+    base = {"overrides": list(hc.overrides.task), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(run_dir / "results.json", {"status": "running", **base})
     try:
         return run(cfg, run_dir)
     except Exception as e:
-        from omegaconf import OmegaConf
-
         atomic_write_json(run_dir / "results.json", {
             "status": "failed",
             "error": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(),
-            "overrides": list(hc.overrides.task),
+            **base,
             "config": OmegaConf.to_container(cfg, resolve=False),
         })
         if hc.mode == RunMode.MULTIRUN:
             print(f"[asrquant] sweep member {hc.job.num} failed: {type(e).__name__}: {e}")
             return None
+        raise
+    except BaseException as e:  # SystemExit (Lightning's answer to SIGTERM), KeyboardInterrupt
+        atomic_write_json(run_dir / "results.json", {
+            "status": "interrupted",
+            "error": f"{type(e).__name__}: interrupted (SIGTERM or Ctrl-C); rerun the same "
+                     "command to resume from the last checkpoint",
+            **base,
+            "config": OmegaConf.to_container(cfg, resolve=False),
+        })
+        if isinstance(e, SystemExit) and not e.code:
+            # Lightning stops on SIGTERM with a bare SystemExit, which would exit with status
+            # 0 as if the run had finished; 143 is the shell's status for SIGTERM.
+            raise SystemExit(143) from e
         raise

@@ -24,6 +24,7 @@ from asrquant.data.readers import BadDataReport, read_utterances, validate_utter
 from asrquant.data.synthetic import build_synthetic_corpus
 from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import CharTokenizer, tokenizer_from_state, train_sentencepiece
+from asrquant.export import export_packed, float_checkpoint, load_quantized
 from asrquant.io import atomic_write_json, check_writable, json_safe
 from asrquant.lightning.callbacks import (
     QuantizationCallback,
@@ -156,10 +157,13 @@ def optim_kwargs(optim: dict) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A Lightning checkpoint, loaded without executing code (weights_only=True)."""
+    """A Lightning checkpoint, loaded without executing code (weights_only=True), or a float
+    model file (`.safetensors`, as shipped in models/)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        return float_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -231,8 +235,16 @@ def make_callbacks(cfg: dict, run_dir: Path) -> list:
         raise ValueError(f"callbacks got unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     ck = {"monitor": "val/wer", "mode": "min", "save_top_k": 1, "save_last": True,
           **(ccfg.get("checkpoint") or {})}
+    save_last = ck.pop("save_last")
     out = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                           auto_insert_metric_name=False, **ck)]
+                           auto_insert_metric_name=False, save_last=False, **ck)]
+    if save_last:
+        # Lightning's own save_last rewrites last.ckpt only when the monitored metric improves,
+        # so a plateau would leave it epochs behind; this one rewrites it after every epoch
+        # (atomically), which is what resuming a killed run needs.
+        out.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last",
+                                   monitor=None, save_top_k=1, every_n_epochs=1,
+                                   enable_version_counter=False))
     if ccfg.get("early_stopping"):
         out.append(EarlyStopping(**ccfg["early_stopping"]))
     if ccfg.get("lr_monitor"):
@@ -351,6 +363,10 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     datamodule = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("policy", "skip"))
     trainer = make_trainer(cfg, run_dir, callbacks)
     resume = str(last) if last.is_file() and cfg.get("resume", True) else None
+    log = run_dir / "logs" / "metrics.csv"
+    if resume and log.is_file():  # Lightning's CSVLogger would delete the earlier rows
+        os.replace(log, log.with_name(f"metrics.before-resume-{time.strftime('%Y%m%d-%H%M%S')}"
+                                      ".csv"))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
     results = _results_base(cfg, started)
@@ -414,8 +430,6 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
     if cfg.get("export"):  # the packed file of what was evaluated, and its real size
-        from asrquant.export import export_packed
-
         info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors")
         results["file_bytes"] = info["file_bytes"]
     results["wall_time_s"] = time.perf_counter() - started
@@ -427,8 +441,6 @@ def _eval_packed(cfg: dict, run_dir: Path, sources: dict, test_names: list[str],
                  started: float) -> dict:
     """Test WER of a packed safetensors model (asrquant-export), weights kept packed."""
     import json as _json
-
-    from asrquant.export import load_quantized
 
     if recipe_of(cfg) is not None:
         raise ValueError("packed= models carry their own recipe: evaluate them with quant=float")
