@@ -196,6 +196,19 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     return module.to(map_location).eval()
 
 
+def float_checkpoint(path: str | os.PathLike) -> dict:
+    """A float model file (e.g. models/*.safetensors, `asrquant-export quant=float`) as the
+    checkpoint dict that training and evaluation take: state_dict, model_config and
+    tokenizer_state. Checked like any packed file; a quantized file is refused."""
+    module = load_quantized(path)
+    packed = [n for n, m in module.named_modules() if isinstance(m, PackedWeight)]
+    if packed:
+        raise ExportError(f"{path}: holds quantized weights ({packed[0]}, ...); PTQ, QAT and "
+                          "fine-tuning start from a float model (export one with quant=float)")
+    return {"state_dict": module.state_dict(), "model_config": module.hparams["model_config"],
+            "tokenizer_state": module.tokenizer.to_state()}
+
+
 def _packed_key(name: str) -> str:
     mod, _, attr = name.rpartition(".")
     return f"{mod}.packed_{attr}" if mod else f"packed_{attr}"
