@@ -33,7 +33,9 @@ def run_and_record(run: Callable, cfg) -> dict | None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(run_dir / "results.json", {"status": "running", **base})
     try:
-        return run(cfg, run_dir)
+        out = run(cfg, run_dir)
+        _mark_done(run_dir / "results.json", base)
+        return out
     except Exception as e:
         atomic_write_json(run_dir / "results.json", {
             "status": "failed",
@@ -59,3 +61,17 @@ def run_and_record(run: Callable, cfg) -> dict | None:
             # 0 as if the run had finished; 143 is the shell's status for SIGTERM.
             raise SystemExit(143) from e
         raise
+
+
+def _mark_done(path: Path, base: dict) -> None:
+    """Commands whose record is another file (export.json, search.json) leave the "running"
+    marker in place: replace it, so a finished run is not reported as killed."""
+    import json
+
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except (OSError, ValueError):
+        status = "running"
+    if status == "running":
+        atomic_write_json(path, {"status": "ok", **base,
+                                 "note": "finished; this command's record is in its own file"})

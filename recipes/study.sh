@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The paper's study on one corpus, from one command (called by recipes/synthetic/sweep.sh and
+# recipes/fsdd/sweep.sh; see docs/results/README.md for what each stage produced):
+#   1. the float CPU-size baseline (unless CKPT is given: a float .ckpt or .safetensors);
+#   2. PTQ over the grid 8/4/3/2 bits x symmetric/asymmetric x per-channel/groups of
+#      256/128/64/32 x clip none/mse, plus float and a hand-made mixed 2/4-bit recipe; every
+#      run also writes its packed file (eval export=true), so sizes are files' sizes;
+#   3. QAT fine-tuning at 4 and 2 bits, and the float control fine-tuned for the same steps;
+#   4. mixed-precision search (asrquant-search) at the size of uniform 2-bit g32 and of
+#      uniform 4-bit g128, and PTQ of the two chosen recipes;
+#   5. the packed QAT 2-bit file decoded again: its WER must equal the fake-quant run's;
+#   6. peers (torchao, HQQ, optimum-quanto) on the same float model and test split;
+#   7. the report: results.md (study table, findings, all runs), CSVs, plots, exports.md.
+#
+# Environment:
+#   CORPUS   synthetic (default; the built-in eSpeak corpus) | fsdd (needs DATA_DIR, made by
+#            ../shared/tools/make_digit_strings.py DATA_DIR)
+#   CKPT     start from this float model instead of training one
+#   MODE     full (default: the grid above, 4 QAT epochs) | main (the README's main job: bits
+#            8/4/2, groups 128/32, one QAT epoch at 2 bits and its control, no search or
+#            peers) | quick (smoke run in minutes: tiny corpus, 60 training steps)
+#   OUT (default runs/<corpus>_study[_main|_quick]), DOCS (where the report goes; default
+#   docs/results/<corpus> for full, OUT/report otherwise), THREADS (default 2),
+#   FROM (first stage to run, default 1; an interrupted study resumes with FROM=n CKPT=...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+[[ -x $BIN/asrquant-eval ]] || make install >/dev/null
+CORPUS=${CORPUS:-synthetic}
+MODE=${MODE:-full}
+THREADS=${THREADS:-2}
+FROM=${FROM:-1}
+# Paths inside Hydra overrides are quoted: sweep folders contain '=' and ','.
+q() { printf "'%s'" "$1"; }
+
+case $CORPUS in
+  synthetic) DATA=(); BASELINE=float_baseline; TITLE="synthetic corpus (eSpeak NG)" ;;
+  fsdd)
+    [[ -n "${DATA_DIR:-}" ]] || { echo "CORPUS=fsdd needs DATA_DIR (make_digit_strings.py DIR)"; exit 2; }
+    DATA=(data=fsdd_digits data.dir="$(q "$(realpath "$DATA_DIR")")")
+    BASELINE=fsdd_baseline; TITLE="FSDD digit strings (human speech)" ;;
+  *) echo "CORPUS=$CORPUS is invalid; allowed: synthetic, fsdd"; exit 2 ;;
+esac
+COMMON=(threads="$THREADS" trainer.enable_progress_bar=false "${DATA[@]}")
+# Sweep members are folders named by job number (overrides would pass 255 characters); each
+# results.json records its config and recipe.
+SUB=('hydra.sweep.subdir=${hydra.job.num}')
+TRAIN=()
+case $MODE in
+  full)  BITS=8,4,3,2; GROUP_SIZES=256,128,64,32; CLIPS=none,mse; QAT_EPOCHS=4
+         QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=1
+         OUT=${OUT:-runs/${CORPUS}_study}; DOCS=${DOCS:-docs/results/$CORPUS} ;;
+  main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=1
+         QAT=float,int2_asym_g32; SEARCH=; PEERS=
+         OUT=${OUT:-runs/${CORPUS}_study_main}; DOCS=${DOCS:-$OUT/report} ;;
+  quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none,mse; QAT_EPOCHS=1
+         QAT=float,int2_asym_g32; SEARCH=1; PEERS=
+         OUT=${OUT:-runs/${CORPUS}_study_quick}; DOCS=${DOCS:-$OUT/report}
+         if [[ $CORPUS == synthetic ]]; then
+           SEARCH_DATA=(data.synthetic.n_train=200 data.synthetic.n_dev=40 data.synthetic.n_test=40
+                        data.synthetic.n_test_voices=40)
+           COMMON+=("${SEARCH_DATA[@]}")
+         fi
+         TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2) ;;
+  *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
+esac
+mkdir -p "$OUT"
+started=$SECONDS
+stage() { echo "== $1 ($(( (SECONDS - started) / 60 )) min)"; }
+
+# A stage whose members all failed stops the recipe; a partly failed sweep goes on (the
+# report lists the failures).
+check_stage() {
+  $BIN/python - "$1" <<'PY'
+import json, pathlib, sys
+runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("results.json")]
+failed = [r for r in runs if r.get("status") != "ok"]
+print(f"   {sys.argv[1]}: {len(runs) - len(failed)} ok, {len(failed)} failed")
+for r in failed:
+    print(f"   failed: {r.get('overrides')}: {r.get('error')}")
+sys.exit(0 if runs and len(failed) < len(runs) else 1)
+PY
+}
+size_mb_of() {  # size_mb (as asrquant-eval reports it) of the PTQ run of DIR with BITS SYM GROUP
+  $BIN/python - "$@" <<'PY'
+import json, pathlib, sys
+root, bits, sym, group = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "sym", int(sys.argv[4])
+for p in sorted(pathlib.Path(root).rglob("results.json")):
+    r = json.loads(p.read_text())
+    d = (r.get("recipe") or {}).get("default") or {}
+    if (r.get("status") == "ok" and not r["recipe"].get("rules") and d.get("bits") == bits
+            and d.get("symmetric") == sym and d.get("group_size") == group
+            and d.get("clip") == "none"):
+        print(r["size_bytes"] / 1e6)
+        break
+PY
+}
+
+if [[ -z "${CKPT:-}" ]]; then
+  [[ $FROM -le 1 ]] || { echo "FROM=$FROM needs CKPT"; exit 2; }
+  stage "1. float baseline"
+  $BIN/asrquant-train experiment=$BASELINE "${COMMON[@]}" ${TRAIN[@]+"${TRAIN[@]}"} \
+    hydra.run.dir="$OUT/float"
+  check_stage "$OUT/float"
+  CKPT=$OUT/float/checkpoints/best.ckpt
+else
+  stage "1. float baseline: using $CKPT"
+fi
+
+if [[ $FROM -le 2 ]]; then
+  stage "2. PTQ grid"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=float,mixed_attn4_rest2 "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_float_mixed"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true quant=int8 \
+    quant.bits=$BITS quant.symmetric=true,false quant.clip=$CLIPS \
+    "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_channel"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true quant=int4_asym_g128 \
+    quant.bits=$BITS quant.symmetric=true,false quant.group_size=$GROUP_SIZES quant.clip=$CLIPS \
+    "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_group"
+  for d in ptq_float_mixed ptq_channel ptq_group; do check_stage "$OUT/$d"; done
+fi
+
+if [[ $FROM -le 3 ]]; then
+  stage "3. QAT, and the float control with the same steps"
+  $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
+    quant=$QAT trainer.max_epochs=$QAT_EPOCHS "${SUB[@]}" hydra.sweep.dir="$OUT/qat"
+  check_stage "$OUT/qat"
+fi
+
+if [[ $FROM -le 4 && -n "$SEARCH" ]]; then
+  stage "4. mixed-precision search at the sizes of uniform 2-bit and 4-bit"
+  for pair in "int2:$(size_mb_of "$OUT/ptq_group" 2 asym 32)" \
+              "int4:$(size_mb_of "$OUT/ptq_group" 4 asym 128)"; do
+    name=${pair%%:*}; mb=${pair#*:}
+    [[ -n "$mb" ]] || continue
+    $BIN/asrquant-search threads="$THREADS" "${DATA[@]}" ${SEARCH_DATA[@]+"${SEARCH_DATA[@]}"} \
+      ckpt="$(q "$CKPT")" budget_mb="$mb" candidates='[2,3,4,8,2g64,2g128,3g128]' name="searched_at_$name" progress=false \
+      out="$(q "$OUT/search_conf/quant/searched_at_$name.yaml")" overwrite=true \
+      hydra.run.dir="$(q "$OUT/search_runs/$name")"
+  done
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    "hydra.searchpath=[$(q "file://$(realpath "$OUT/search_conf")")]" \
+    quant="$(cd "$OUT/search_conf/quant" && ls *.yaml | sed 's/.yaml$//' | paste -sd,)" \
+    "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_searched"
+  check_stage "$OUT/ptq_searched"
+fi
+
+if [[ $FROM -le 5 ]]; then
+  stage "5. the packed QAT 2-bit file decodes the test sets with the fake-quant WER"
+  QAT2_DIR=$($BIN/python - "$OUT/qat" <<'PY'
+import json, pathlib, sys
+for p in sorted(pathlib.Path(sys.argv[1]).rglob("results.json")):
+    r = json.loads(p.read_text())
+    if r.get("status") == "ok" and (r.get("recipe") or {}).get("name") == "int2_asym_g32":
+        print(p.parent)
+        break
+PY
+)
+  $BIN/asrquant-export ckpt="$(q "$QAT2_DIR/checkpoints/best.ckpt")" \
+    hydra.run.dir="$(q "$OUT/export/qat_int2_asym_g32")"
+  $BIN/asrquant-eval "${COMMON[@]}" packed="$(q "$OUT/export/qat_int2_asym_g32/model.safetensors")" \
+    hydra.run.dir="$(q "$OUT/packed_eval/qat_int2_asym_g32")"
+  $BIN/python - "$QAT2_DIR/results.json" \
+    "$OUT/packed_eval/qat_int2_asym_g32/results.json" <<'PY'
+import json, sys
+fake, packed = (json.load(open(p))["test"] for p in sys.argv[1:])
+for name in fake:
+    print(f"   {name}: fake-quant WER {fake[name]['wer']:.4f}, packed {packed[name]['wer']:.4f}")
+    assert fake[name]["wer"] == packed[name]["wer"], "packed and fake-quant WER differ"
+PY
+fi
+
+mkdir -p "$DOCS"
+if [[ $FROM -le 6 && -n "$PEERS" ]]; then
+  stage "6. peers on the same float model and test split"
+  FLOAT_FILE=$(ls "$OUT"/ptq_float_mixed/*quant=float*/model.safetensors)
+  $BIN/python bench/peers.py --model "$FLOAT_FILE" --out "$OUT/peers" --threads "$THREADS" \
+    "${DATA[@]//\'/}"
+  cp "$OUT/peers/peers.md" "$OUT/peers/peers.json" "$DOCS/"
+fi
+
+stage "7. report"
+$BIN/asrquant-report "$OUT" --out "$DOCS" --title "$TITLE"
+echo "done in $(( (SECONDS - started) / 60 )) min: $DOCS/results.md"
