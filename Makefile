@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint bench install install-dev clean
+.PHONY: demo quant-demo test lint bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The main job: PTQ over the grid (8/4/2 bits x sym/asym x per-channel/g128/g32 x clip
+# none/mse) and a short 2-bit QAT with its float control, on the shipped synthetic model;
+# prints the study table and findings (runs/synthetic_study_main/report/). ~10 min here.
 demo: install
+	MODE=main CKPT=models/cpu_synthetic_float.safetensors bash recipes/synthetic/sweep.sh
+
+# Seconds: seven recipes on a torchaudio Conformer (size, bits per weight, output error).
+quant-demo: install
 	$(VENV)/bin/asrquant-demo
 
 lint: install-dev

@@ -48,7 +48,7 @@ SUB=('hydra.sweep.subdir=${hydra.job.num}')
 TRAIN=()
 case $MODE in
   full)  BITS=8,4,3,2; GROUP_SIZES=256,128,64,32; CLIPS=none,mse; QAT_EPOCHS=4
-         QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=1
+         QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=${PEERS-1}
          OUT=${OUT:-runs/${CORPUS}_study}; DOCS=${DOCS:-docs/results/$CORPUS} ;;
   main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=1
          QAT=float,int2_asym_g32; SEARCH=; PEERS=
@@ -146,7 +146,11 @@ if [[ $FROM -le 4 && -n "$SEARCH" ]]; then
 fi
 
 if [[ $FROM -le 5 ]]; then
-  stage "5. the packed QAT 2-bit file decodes the test sets with the fake-quant WER"
+  stage "5. packed export of the main recipes (predicted vs file bytes), and the packed QAT
+  2-bit file decodes the test sets with the fake-quant WER"
+  for r in float int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
+    $BIN/asrquant-export ckpt="$(q "$CKPT")" quant=$r hydra.run.dir="$(q "$OUT/export/$r")"
+  done
   QAT2_DIR=$($BIN/python - "$OUT/qat" <<'PY'
 import json, pathlib, sys
 for p in sorted(pathlib.Path(sys.argv[1]).rglob("results.json")):
