@@ -474,7 +474,7 @@ def validate_config(cfg, kind: str):
     from asrquant.models.sizes import MODEL_SIZES
 
     original, cfg = cfg, plain(cfg)
-    recipe_of(cfg)  # QuantSpec / recipe validation
+    recipe = recipe_of(cfg)  # QuantSpec / recipe validation
     data = cfg.get("data") or {}
     if data.get("kind") not in DATA_KINDS:
         raise ValueError(f"data.kind={data.get('kind')!r} is invalid; allowed: {list(DATA_KINDS)}")
@@ -503,6 +503,14 @@ def validate_config(cfg, kind: str):
         lr = optim.get("lr", 1e-3)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
             raise ValueError(f"optim.lr={lr!r} is invalid; allowed: a number > 0")
+        if recipe is not None and recipe.rules and not cfg.get("init_from"):
+            # Rule patterns against the model's parameter names, on a skeleton built on the
+            # meta device (no memory, no data): a typo warns, or fails if quant_strict.
+            tok = CharTokenizer()
+            fields = {k: v for k, v in cfg["model"].items() if k != "size"}
+            with torch.device("meta"):
+                skeleton = ASRModule(size_config(size, tok.vocab_size, **fields), tok)
+            recipe.plan(skeleton, strict=strict)
     if kind == "eval" and not cfg.get("ckpt") and not cfg.get("packed"):
         raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt "
                          "(or packed=/path/to/model.safetensors)")

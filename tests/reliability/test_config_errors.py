@@ -167,6 +167,15 @@ def test_rule_pattern_matching_no_parameter_warns_naming_it_or_fails_when_strict
         attach_fake_quant(tiny_module(), good, strict=True)
 
 
+def test_a_rule_matching_nothing_fails_at_config_check_when_strict_before_any_data():
+    bad = ["quant=mixed_attn4_rest2", "+quant.rules=[{pattern: '*.self_atn.*', bits: 4}]",
+           "data.synthetic.n_train=-1"]  # data would fail later: the rule must fail first
+    with pytest.raises(ValueError, match=r"\['\*\.self_atn\.\*'\] match no parameter"):
+        validate_config(cfg_of("train", bad + ["quant_strict=true"]), "train")
+    with pytest.warns(UserWarning, match=r"\['\*\.self_atn\.\*'\] match no parameter"):
+        validate_config(cfg_of("train", bad), "train")
+
+
 def test_quant_strict_config_reaches_the_quantization_callback():
     from asrquant.lightning.pipeline import quantization_callbacks
 
