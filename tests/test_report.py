@@ -70,6 +70,7 @@ def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
 
 
 def study_sweep(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     runs = {
         "float": result("float", None, 32, 8.0, 0.10),
         "control": result("finetune", None, 32, 8.0, 0.09),
@@ -114,3 +115,15 @@ def test_findings_are_computed_from_the_numbers(tmp_path):
     assert "**2-bit QAT is lossless** (paper: yes, on LibriSpeech): holds" in md
     assert (root / "wer_vs_group_size.png").stat().st_size > 1000
     assert (root / "study.csv").read_text().count("\n") == 8  # header + 7 recipes
+
+
+def test_compare_puts_each_claim_of_two_studies_side_by_side(tmp_path):
+    a, b = study_sweep(tmp_path / "a"), study_sweep(tmp_path / "b")
+    res = json.loads((b / "qat_a32" / "results.json").read_text())
+    res["test"]["test"]["wer"] = 0.20  # the second study's 2-bit QAT is far from lossless
+    (b / "qat_a32" / "results.json").write_text(json.dumps(res))
+    out = tmp_path / "both.md"
+    main(["--compare", f"one={a}", f"two={b}", "--out", str(out)])
+    row = next(line for line in out.read_text().splitlines() if "2-bit QAT is lossless" in line)
+    one, two = row.split(" | ")[1:3]
+    assert "holds" in one and "does not hold here" in two

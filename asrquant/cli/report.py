@@ -1,6 +1,7 @@
 """asrquant-report: one table and one plot from a sweep's results.json files.
 
     asrquant-report SWEEP_DIR [--out DIR] [--test-set test] [--baseline results.json]
+    asrquant-report --compare synthetic=runs/synthetic_study fsdd=runs/fsdd_study --out F.md
 
 Reads every results.json under SWEEP_DIR (a Hydra multirun folder, or any tree of runs) and
 writes into --out (default SWEEP_DIR):
@@ -305,8 +306,8 @@ def _noise_points(wer: float, words: int) -> float:
     return 100 * math.sqrt(p * (1 - p) / max(words, 1)) if p < 1 else 0.0
 
 
-def findings(rows, base, best4, words: int) -> str:
-    """What the numbers say about each claim of Rybakov et al. (2023); computed, not typed."""
+def finding_items(rows, base, best4, words: int) -> list[tuple[str, str]]:
+    """(claim, what our numbers say) for each claim of Rybakov et al. (2023); computed."""
     def find(bits, sym, gran, group, clip):
         for r in rows:
             if (r["bits"], r["sym"], r["granularity"], r["group"] or None, r["clip"]) == (
@@ -317,9 +318,7 @@ def findings(rows, base, best4, words: int) -> str:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.2f}%"
 
-    out = ["Each line below is computed by asrquant-report from the table above. Noise: one "
-           f"binomial standard deviation of a WER w on {words} words is "
-           f"100*sqrt(w(1-w)/{words}) points.", ""]
+    out = []
     two = [r for r in rows if r["bits"] == 2 and r.get("ptq_wer") is not None]
     # 1. asymmetric vs symmetric at 2 bits, matched on granularity and clipping
     pairs = []
@@ -332,10 +331,10 @@ def findings(rows, base, best4, words: int) -> str:
         eg = min(pairs, key=lambda p: p[0]["ptq_wer"])
         verdict = "holds" if wins == len(pairs) else ("mostly holds" if wins > len(pairs) / 2
                                                       else "does not hold")
-        out.append(f"- **Asymmetric beats symmetric at 2 bits** (paper: yes): {verdict} here: "
+        out.append(("Asymmetric beats symmetric at 2 bits", f"(paper: yes): {verdict} here: "
                    f"asymmetric has the lower PTQ WER in {wins} of {len(pairs)} matched pairs "
                    f"(same granularity and clipping); best pair {eg[0]['recipe']} "
-                   f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}.")
+                   f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}."))
     # 2. sub-channel vs per-channel
     pairs = []
     for c in (r for r in rows if r["granularity"] == "channel" and r.get("ptq_wer") is not None
@@ -352,9 +351,9 @@ def findings(rows, base, best4, words: int) -> str:
         eg = ("; at 2 bits: " + ", ".join(
             f"{c['recipe']} {pct(c['ptq_wer'])} -> g{g['group']} {pct(g['ptq_wer'])}"
             for g, c in at2)) if at2 else ""
-        out.append(f"- **Sub-channel (small groups) beats per-channel** (paper: yes, at a small "
+        out.append(("Sub-channel (small groups) beats per-channel", f"(paper: yes, at a small "
                    f"size cost): the smallest group is at least as good as per-channel in "
-                   f"{wins} of {len(pairs)} matched pairs at 2-4 bits{eg}.")
+                   f"{wins} of {len(pairs)} matched pairs at 2-4 bits{eg}."))
     # 3. clipping
     by_bits = {}
     for r in (r for r in rows if r["clip"] == "mse" and r.get("ptq_wer") is not None):
@@ -365,9 +364,9 @@ def findings(rows, base, best4, words: int) -> str:
     if by_bits:
         parts = [f"{b} bits: better {d[0]}, worse {d[1]}, equal {d[2]}"
                  for b, d in sorted(by_bits.items())]
-        out.append("- **Clipping (MSE search of the clip range) helps at low bits** (paper: "
+        out.append(("Clipping (MSE search of the clip range) helps at low bits", "(paper: "
                    "yes): PTQ WER with mse clipping against none, matched pairs, "
-                   + "; ".join(parts) + ".")
+                   + "; ".join(parts) + "."))
     # 4. lossless 2-bit with QAT
     qat2 = [r for r in two if r.get("qat_wer") is not None]
     control = base.get("qat_wer") if base else None
@@ -377,21 +376,21 @@ def findings(rows, base, best4, words: int) -> str:
         noise = _noise_points(control, words)
         verdict = ("holds (within one standard deviation)" if diff <= noise
                    else "does not hold here")
-        out.append(f"- **2-bit QAT is lossless** (paper: yes, on LibriSpeech): {verdict}: "
+        out.append(("2-bit QAT is lossless", f"(paper: yes, on LibriSpeech): {verdict}: "
                    f"{r['recipe']} after QAT {pct(r['qat_wer'])} against the float control "
                    f"{pct(control)} fine-tuned for the same steps ({diff:+.2f} points; one "
                    f"standard deviation {noise:.2f}); PTQ of the same recipe "
-                   f"{pct(r.get('ptq_wer'))}.")
+                   f"{pct(r.get('ptq_wer'))}."))
     # 5. size against 4-bit
     if best4 and two:
         cand = qat2 or two
         key = "qat_wer" if qat2 else "ptq_wer"
         r = min(cand, key=lambda r: r[key])
         saved = 1 - r["size_bytes"] / best4["size_bytes"]
-        out.append(f"- **2-bit is about a third smaller than the best 4-bit model** (paper: "
+        out.append(("2-bit is about a third smaller than the best 4-bit model", f"(paper: "
                    f"32%): {r['recipe']} is {r['size_mb']:.3f} MB against {best4['recipe']} "
                    f"{best4['size_mb']:.3f} MB: {100 * saved:.1f}% smaller (at WER "
-                   f"{pct(r[key])} vs {pct(best4.get('ptq_wer'))}).")
+                   f"{pct(r[key])} vs {pct(best4.get('ptq_wer'))})."))
     # 6. mixed precision search against uniform recipes at equal size
     mixed = [r for r in rows if r["bits"] == "mixed" and r.get("ptq_wer") is not None]
     for m in mixed:
@@ -399,10 +398,18 @@ def findings(rows, base, best4, words: int) -> str:
                 and r["size_bytes"] <= m["size_bytes"] * 1.02]
         if near:
             u = min(near, key=lambda r: r["ptq_wer"])
-            out.append(f"- **Mixed precision {m['recipe']}** ({m['size_mb']:.3f} MB): PTQ "
+            out.append((f"Mixed precision {m['recipe']}", f"({m['size_mb']:.3f} MB): PTQ "
                        f"{pct(m['ptq_wer'])} against the best uniform recipe no larger than "
-                       f"it (+2%), {u['recipe']} ({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}.")
-    return "\n".join(out) + "\n"
+                       f"it (+2%), {u['recipe']} ({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}."))
+    return out
+
+
+def findings(rows, base, best4, words: int) -> str:
+    lines = ["Each line below is computed by asrquant-report from the table above. Noise: one "
+             f"binomial standard deviation of a WER w on {words} words is "
+             f"100*sqrt(w(1-w)/{words}) points.", ""]
+    lines += [f"- **{claim}** {text}" for claim, text in finding_items(rows, base, best4, words)]
+    return "\n".join(lines) + "\n"
 
 
 def plot_group_size(path: Path, rows, title: str, bits: int = 2) -> bool:
@@ -452,15 +459,50 @@ def write_study_csv(path: Path, rows) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def compare_markdown(studies: dict[str, list[dict]], test_set: str = "test") -> str:
+    """The findings of several studies (name -> runs) side by side, claim by claim."""
+    per = {}
+    for name, runs in studies.items():
+        rows, base, best4 = study_rows(runs, test_set)
+        words = next((r["test"][test_set].get("words", 0) for r in runs
+                      if r.get("status") == "ok" and test_set in (r.get("test") or {})), 0)
+        per[name] = (dict(finding_items(rows, base, best4, words)), words)
+    claims = list(dict.fromkeys(c for items, _ in per.values() for c in items))
+    names = list(per)
+    lines = ["| claim | " + " | ".join(f"{n} ({per[n][1]} test words)" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for c in claims:
+        lines.append(f"| **{c}** | " + " | ".join(per[n][0].get(c, "not measured")
+                                                  for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("sweep_dir", type=Path, nargs="?")
+    ap.add_argument("--compare", nargs="+", metavar="NAME=SWEEP_DIR", default=None,
+                    help="write the findings of several studies side by side to --out "
+                         "(a .md file) instead of one sweep's report")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--test-set", default="test")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="results.json of the float model, if not inside the sweep")
     ap.add_argument("--title", default="WER against model size")
     args = ap.parse_args(argv)
+    if args.compare:
+        studies = {}
+        for item in args.compare:
+            name, sep, folder = item.partition("=")
+            if not sep or not Path(folder).is_dir():
+                ap.error(f"--compare {item!r}: expected NAME=SWEEP_DIR with an existing folder")
+            studies[name] = load_runs(Path(folder))
+        md = compare_markdown(studies, args.test_set)
+        if args.out:
+            atomic_write_text(args.out, f"# {args.title}\n\n" + md)
+        print(md)
+        return
+    if args.sweep_dir is None:
+        ap.error("sweep_dir is required (or --compare NAME=DIR ...)")
     if not args.sweep_dir.is_dir():
         ap.error(f"sweep_dir {str(args.sweep_dir)!r} is not a folder")
     runs = load_runs(args.sweep_dir)
