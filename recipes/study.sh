@@ -177,7 +177,15 @@ fi
 mkdir -p "$DOCS"
 if [[ $FROM -le 6 && -n "$PEERS" ]]; then
   stage "6. peers on the same float model and test split"
-  FLOAT_FILE=$(ls "$OUT"/ptq_float_mixed/*quant=float*/model.safetensors)
+  FLOAT_FILE=$($BIN/python - "$OUT/ptq_float_mixed" <<'PY'
+import json, pathlib, sys
+for p in sorted(pathlib.Path(sys.argv[1]).rglob("results.json")):
+    r = json.loads(p.read_text())
+    if r.get("status") == "ok" and r.get("mode") == "float":
+        print(p.parent / "model.safetensors")
+        break
+PY
+)
   $BIN/python bench/peers.py --model "$FLOAT_FILE" --out "$OUT/peers" --threads "$THREADS" \
     "${DATA[@]//\'/}"
   cp "$OUT/peers/peers.md" "$OUT/peers/peers.json" "$DOCS/"
