@@ -396,11 +396,18 @@ def finding_items(rows, base, best4, words: int) -> list[tuple[str, str]]:
     for m in mixed:
         near = [r for r in rows if r["bits"] in (2, 3, 4) and r.get("ptq_wer") is not None
                 and r["size_bytes"] <= m["size_bytes"] * 1.02]
+        as_good = [r for r in rows if r["bits"] in (2, 3, 4, 8)
+                   and r.get("ptq_wer") is not None and r["ptq_wer"] <= m["ptq_wer"]]
         if near:
             u = min(near, key=lambda r: r["ptq_wer"])
-            out.append((f"Mixed precision {m['recipe']}", f"({m['size_mb']:.3f} MB): PTQ "
-                       f"{pct(m['ptq_wer'])} against the best uniform recipe no larger than "
-                       f"it (+2%), {u['recipe']} ({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}."))
+            text = (f"({m['size_mb']:.3f} MB): PTQ {pct(m['ptq_wer'])} against the best "
+                    f"uniform recipe no larger than it (+2%), {u['recipe']} "
+                    f"({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}")
+            if as_good:
+                g = min(as_good, key=lambda r: r["size_bytes"])
+                text += (f"; the smallest uniform recipe at least as good is {g['recipe']} "
+                         f"({g['size_mb']:.3f} MB, {pct(g['ptq_wer'])})")
+            out.append((f"Mixed precision {m['recipe']}", text + "."))
     return out
 
 
