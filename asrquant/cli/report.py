@@ -191,6 +191,13 @@ def plot(path: Path, rows, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("model size (MB, log scale)")
     ax.set_ylabel("WER (log scale)")
+    _finish(fig, ax, path, title)
+
+
+def _finish(fig, ax, path: Path, title: str) -> None:
+    """Title, grid, legend; written atomically as PNG."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -447,12 +454,7 @@ def plot_group_size(path: Path, rows, title: str, bits: int = 2) -> bool:
     ax.set_xlabel("group size (weights per scale along the input dimension)")
     ax.set_ylabel("test WER (%), PTQ")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    _finish(fig, ax, path, title)
     return True
 
 

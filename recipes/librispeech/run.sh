@@ -76,19 +76,7 @@ D=(data.dir="$(q "$DATA")")
 STAGES=${STAGES:-0 1 2 3 4 5 6}
 stage() { [[ $FROM -le $1 && $1 -le $LAST && " $STAGES " == *" $1 "* ]]; }
 
-# A stage whose members all failed stops the recipe; a partly failed sweep goes on (the
-# report lists the failures).
-check_stage() {
-  .venv/bin/python - "$1" <<'PY'
-import json, pathlib, sys
-runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("results.json")]
-failed = [r for r in runs if r.get("status") != "ok"]
-print(f"   {sys.argv[1]}: {len(runs) - len(failed)} ok, {len(failed)} failed")
-for r in failed:
-    print(f"   failed: {r.get('overrides')}: {r.get('error')}")
-sys.exit(0 if runs and len(failed) < len(runs) else 1)
-PY
-}
+source "recipes/lib.sh"
 
 if stage 0; then
   echo "== 0. data preparation: ${LIBRISPEECH:?set LIBRISPEECH=/path/to/LibriSpeech} -> $DATA"
