@@ -458,6 +458,19 @@ def plot_group_size(path: Path, rows, title: str, bits: int = 2) -> bool:
     return True
 
 
+def study_points(study) -> list[dict]:
+    """Plot points of the study table: one per (recipe, PTQ or QAT) result."""
+    points = []
+    for r in study:
+        float_row = r["bits"] == 32
+        for key, mode in (("ptq_wer", "float" if float_row else "ptq"),
+                          ("qat_wer", "finetune" if float_row else "qat")):
+            if r.get(key) is not None:
+                points.append({"recipe": r["recipe"], "mode": mode, "size_mb": r["size_mb"],
+                               "wer": r[key]})
+    return points
+
+
 def write_study_csv(path: Path, rows) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=STUDY_COLUMNS + ["size_from_file", "runs"])
@@ -533,7 +546,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{args.title}: 2-bit PTQ WER against group size")
     atomic_write_text(out / "results.md", md)
     write_csv(out / "results.csv", rows, failed)
-    if rows:
+    if study:  # the study's sizes (exported files; a QAT run has its recipe's PTQ file size)
+        plot(out / "wer_vs_size.png", study_points(study), args.title)
+    elif rows:
         plot(out / "wer_vs_size.png", rows, args.title)
     exports = export_table(args.sweep_dir)
     if exports:
