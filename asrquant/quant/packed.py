@@ -54,33 +54,47 @@ class PackedWeight(nn.Module):
         (asymmetric) or qmax (symmetric): the same integer differences in float32, without
         building signed codes or converting scales on every call.
         """
-        spec = self.spec
-        layout = group_layout(self.shape, spec)
-        w = _unpack_float(self.packed, spec.bits, self.shape.numel())
-        w = w.reshape(layout.rows, layout.row_len)  # a fresh tensor: decoded in place below
-        offset, scale = self._float_qparams()
-        full = layout.row_len // layout.group_len  # complete groups; a short one may follow
-        body = full * layout.group_len
-        if full:
-            w[:, :body].unflatten(1, (full, layout.group_len)).sub_(
-                offset[:, :full]).mul_(scale[:, :full])
-        if body < layout.row_len:
-            w[:, body:].sub_(offset[:, full]).mul_(scale[:, full])
-        return cast_saturating(w.reshape(self.shape), self.dtype)
+        bits, numel, rows, row_len, glen, full, body = self._plan()
+        w = _unpack_float(self.packed, bits, numel)
+        offset, scale, off_tail, scale_tail = self._float_qparams(full)
+        if body == row_len:  # no short last group: one broadcast over (rows, groups, glen)
+            w.view(rows, full, glen).sub_(offset).mul_(scale)
+        else:
+            w = w.view(rows, row_len)
+            if full:
+                w[:, :body].unflatten(1, (full, glen)).sub_(offset).mul_(scale)
+            w[:, body:].sub_(off_tail).mul_(scale_tail)
+        w = w.view(self.shape)  # a fresh tensor: decoded in place above
+        return w if self.dtype == torch.float32 else cast_saturating(w, self.dtype)
 
-    def _float_qparams(self):
-        cache = getattr(self, "_qparams_cache", None)
+    def _plan(self):
+        """Layout numbers, fixed by shape and spec: computed once (forward runs per call)."""
+        plan = self.__dict__.get("_layout_plan")
+        if plan is None:
+            layout = group_layout(self.shape, self.spec)
+            full = layout.row_len // layout.group_len  # complete groups; a short one may follow
+            plan = (self.spec.bits, self.shape.numel(), layout.rows, layout.row_len,
+                    layout.group_len, full, full * layout.group_len)
+            self.__dict__["_layout_plan"] = plan
+        return plan
+
+    def _float_qparams(self, full: int):
+        """Offsets and scales as float32 (rows, groups, 1), split into the complete groups
+        and the short last one; cached until the buffers change (e.g. `.to(device)`)."""
+        cache = self.__dict__.get("_qparams_cache")
         zp = self.zero_point
-        key = (self.scale.data_ptr(), self.scale.device, self.scale._version,
+        key = (self.scale.data_ptr(), self.scale._version,
                None if zp is None else (zp.data_ptr(), zp._version))
         if cache is None or cache[0] != key:
             scale = self.scale.to(torch.float32).unsqueeze(-1)
-            if self.zero_point is not None:
-                offset = self.zero_point.to(torch.float32).unsqueeze(-1)
+            if zp is not None:
+                offset = zp.to(torch.float32).unsqueeze(-1)
             else:
                 offset = torch.full_like(scale, float(-self.spec.qmin))
-            self._qparams_cache = (key, offset, scale)
-        return self._qparams_cache[1], self._qparams_cache[2]
+            tail = (offset[:, full], scale[:, full]) if full < scale.shape[1] else (None, None)
+            cache = (key, offset[:, :full], scale[:, :full], *tail)
+            self.__dict__["_qparams_cache"] = cache
+        return cache[1:]
 
     def extra_repr(self) -> str:
         return f"{tuple(self.shape)}, {self.spec.describe()}, {self.packed.numel()} bytes"
@@ -112,7 +126,8 @@ def _unpack_float(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 
 def _decoded(attr: str):
-    return property(lambda self: getattr(self, f"packed_{attr}")())
+    name = f"packed_{attr}"  # a PackedWeight submodule; its forward, without hook machinery
+    return property(lambda self: self._modules[name].forward())
 
 
 class PackedLinear(nn.Linear):
