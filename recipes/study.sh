@@ -51,10 +51,10 @@ case $MODE in
          QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=${PEERS-1}
          OUT=${OUT:-runs/${CORPUS}_study}; DOCS=${DOCS:-docs/results/$CORPUS} ;;
   main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=1
-         QAT=float,int2_asym_g32; SEARCH=; PEERS=
+         QAT=float,int2_asym_g32; SEARCH=; PEERS=${PEERS-}
          OUT=${OUT:-runs/${CORPUS}_study_main}; DOCS=${DOCS:-$OUT/report} ;;
   quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none,mse; QAT_EPOCHS=1
-         QAT=float,int2_asym_g32; SEARCH=1; PEERS=
+         QAT=float,int2_asym_g32; SEARCH=1; PEERS=${PEERS-}
          OUT=${OUT:-runs/${CORPUS}_study_quick}; DOCS=${DOCS:-$OUT/report}
          if [[ $CORPUS == synthetic ]]; then
            SEARCH_DATA=(data.synthetic.n_train=200 data.synthetic.n_dev=40 data.synthetic.n_test=40

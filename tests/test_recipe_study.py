@@ -1,0 +1,34 @@
+"""The study recipe end to end in its quick mode: every stage on a tiny corpus, the report
+(study table, findings, plots), the exports and the peers, from one command."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_study_runs_every_stage_and_writes_the_report(tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "MODE": "quick", "OUT": str(out), "THREADS": "1", "PEERS": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/sweep.sh")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for n in range(1, 8):
+        assert f"== {n}." in proc.stdout
+    runs = [json.loads(p.read_text()) for p in out.rglob("results.json")]
+    assert runs and all(r["status"] == "ok" for r in runs), [r.get("error") for r in runs]
+    report = out / "report"
+    md = (report / "results.md").read_text()
+    assert "## Recipes" in md and "## Findings" in md and "searched_at_int2" in md
+    assert "all sizes are exported files' bytes" in md
+    for name in ("wer_vs_size.png", "wer_vs_group_size.png", "study.csv", "exports.md",
+                 "peers.md"):
+        assert (report / name).stat().st_size > 100, name
+    exports = (report / "exports.md").read_text().splitlines()[2:]
+    assert len(exports) == 8  # seven recipes and the QAT model
+    for line in exports:  # predicted bytes == tensor bytes for every file
+        cells = [c.strip() for c in line.split("|")]
+        assert cells[4] == cells[5], line
