@@ -139,3 +139,17 @@ def test_corrupt_or_foreign_files_are_refused_naming_the_tensor(ckpt, tmp_path, 
     with pytest.raises(ExportError) as e:
         load_quantized(bad)
     assert needle in str(e.value)
+
+
+def test_each_packed_weight_is_decoded_once_per_forward(ckpt, tmp_path, monkeypatch):
+    from asrquant.quant.packed import PackedWeight
+
+    export_packed(ckpt, RECIPES["int2_asym_g32"], tmp_path / "m.safetensors")
+    packed = load_quantized(tmp_path / "m.safetensors")
+    calls = []
+    decode = PackedWeight.forward
+    monkeypatch.setattr(PackedWeight, "forward", lambda self: calls.append(self) or decode(self))
+    with torch.no_grad():
+        packed(AUDIO, LENS)
+    n = sum(isinstance(m, PackedWeight) for m in packed.modules())
+    assert len(calls) == n and len({id(c) for c in calls}) == n

@@ -143,7 +143,20 @@ class PackedConv2d(nn.Conv2d):
 
 
 class PackedMultiheadAttention(nn.MultiheadAttention):
-    in_proj_weight = _decoded("in_proj_weight")
+    """nn.MultiheadAttention.forward reads `in_proj_weight` up to three times (fast-path
+    checks, then the call): it is decoded once per forward and reused within it."""
+
+    @property
+    def in_proj_weight(self):
+        w = self.__dict__.get("_in_proj_this_forward")
+        return w if w is not None else self._modules["packed_in_proj_weight"].forward()
+
+    def forward(self, *args, **kwargs):
+        self.__dict__["_in_proj_this_forward"] = self._modules["packed_in_proj_weight"].forward()
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            del self.__dict__["_in_proj_this_forward"]
 
 
 _PACKED_CLASS = {
