@@ -69,19 +69,13 @@ started=$SECONDS
 stage() { echo "== $1 ($(( (SECONDS - started) / 60 )) min)"; }
 
 source "recipes/lib.sh"
-size_mb_of() {  # size_mb (as asrquant-eval reports it) of the PTQ run of DIR with BITS SYM GROUP
-  $BIN/python - "$@" <<'PY'
-import json, pathlib, sys
-root, bits, sym, group = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "sym", int(sys.argv[4])
-for p in sorted(pathlib.Path(root).rglob("results.json")):
-    r = json.loads(p.read_text())
-    d = (r.get("recipe") or {}).get("default") or {}
-    if (r.get("status") == "ok" and not r["recipe"].get("rules") and d.get("bits") == bits
-            and d.get("symmetric") == sym and d.get("group_size") == group
-            and d.get("clip") == "none"):
-        print(r["size_bytes"] / 1e6)
-        break
-PY
+size_mb_of() {  # size_mb (as asrquant-eval reports it) of the run in folder $1
+  $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['size_bytes'] / 1e6)" \
+    "$1/results.json"
+}
+uniform() {  # the uniform clip-none PTQ run of BITS, SYMMETRIC (true|false), GROUP in ptq_group
+  find_run "$OUT/ptq_group" recipe.default.bits="$1" recipe.default.symmetric="$2" \
+    recipe.default.group_size="$3" recipe.default.clip=none recipe.rules=[]
 }
 
 if [[ -z "${CKPT:-}" ]]; then
@@ -117,10 +111,10 @@ fi
 
 if [[ $FROM -le 4 && -n "$SEARCH" ]]; then
   stage "4. mixed-precision search at the sizes of uniform 2-bit and 4-bit"
-  for pair in "int2:$(size_mb_of "$OUT/ptq_group" 2 asym 32)" \
-              "int4:$(size_mb_of "$OUT/ptq_group" 4 asym 128)"; do
-    name=${pair%%:*}; mb=${pair#*:}
-    [[ -n "$mb" ]] || continue
+  for pair in "int2:$(uniform 2 false 32)" "int4:$(uniform 4 false 128)"; do
+    name=${pair%%:*}; run=${pair#*:}
+    [[ -n "$run" ]] || continue
+    mb=$(size_mb_of "$run")
     $BIN/asrquant-search threads="$THREADS" "${DATA[@]}" ${SEARCH_DATA[@]+"${SEARCH_DATA[@]}"} \
       ckpt="$(q "$CKPT")" budget_mb="$mb" candidates='[2,3,4,8,2g64,2g128,3g128]' name="searched_at_$name" progress=false \
       out="$(q "$OUT/search_conf/quant/searched_at_$name.yaml")" overwrite=true \
@@ -139,41 +133,18 @@ if [[ $FROM -le 5 ]]; then
   for r in float int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
     $BIN/asrquant-export ckpt="$(q "$CKPT")" quant=$r hydra.run.dir="$(q "$OUT/export/$r")"
   done
-  QAT2_DIR=$($BIN/python - "$OUT/qat" <<'PY'
-import json, pathlib, sys
-for p in sorted(pathlib.Path(sys.argv[1]).rglob("results.json")):
-    r = json.loads(p.read_text())
-    if r.get("status") == "ok" and (r.get("recipe") or {}).get("name") == "int2_asym_g32":
-        print(p.parent)
-        break
-PY
-)
+  QAT2_DIR=$(find_run "$OUT/qat" recipe.name=int2_asym_g32)
   $BIN/asrquant-export ckpt="$(q "$QAT2_DIR/checkpoints/best.ckpt")" \
     hydra.run.dir="$(q "$OUT/export/qat_int2_asym_g32")"
   $BIN/asrquant-eval "${COMMON[@]}" packed="$(q "$OUT/export/qat_int2_asym_g32/model.safetensors")" \
     hydra.run.dir="$(q "$OUT/packed_eval/qat_int2_asym_g32")"
-  $BIN/python - "$QAT2_DIR/results.json" \
-    "$OUT/packed_eval/qat_int2_asym_g32/results.json" <<'PY'
-import json, sys
-fake, packed = (json.load(open(p))["test"] for p in sys.argv[1:])
-for name in fake:
-    print(f"   {name}: fake-quant WER {fake[name]['wer']:.4f}, packed {packed[name]['wer']:.4f}")
-    assert fake[name]["wer"] == packed[name]["wer"], "packed and fake-quant WER differ"
-PY
+  same_wer "$QAT2_DIR/results.json" "$OUT/packed_eval/qat_int2_asym_g32/results.json"
 fi
 
 mkdir -p "$DOCS"
 if [[ $FROM -le 6 && -n "$PEERS" ]]; then
   stage "6. peers on the same float model and test split"
-  FLOAT_FILE=$($BIN/python - "$OUT/ptq_float_mixed" <<'PY'
-import json, pathlib, sys
-for p in sorted(pathlib.Path(sys.argv[1]).rglob("results.json")):
-    r = json.loads(p.read_text())
-    if r.get("status") == "ok" and r.get("mode") == "float":
-        print(p.parent / "model.safetensors")
-        break
-PY
-)
+  FLOAT_FILE=$(find_run "$OUT/ptq_float_mixed" mode=float)/model.safetensors
   $BIN/python bench/peers.py --model "$FLOAT_FILE" --out "$OUT/peers" --threads "$THREADS" \
     "${DATA[@]//\'/}"
   cp "$OUT/peers/peers.md" "$OUT/peers/peers.json" "$DOCS/"

@@ -139,15 +139,8 @@ if stage 5; then
   "${BASE[@]}" packed="$(q "$OUT/export/qat_int2_asym_g32/model.safetensors")" \
     hydra.run.dir="$(q "$OUT/packed_eval/qat_int2_asym_g32")"
   "${BASE[@]}" ckpt="$(q "$QAT2_CKPT")" hydra.run.dir="$(q "$OUT/packed_eval/fake_quant")"
-  .venv/bin/python - "$OUT/packed_eval/fake_quant/results.json" \
-    "$OUT/packed_eval/qat_int2_asym_g32/results.json" "$TOL" <<'PY'
-import json, sys
-fake, packed = (json.load(open(p))["test"] for p in sys.argv[1:3])
-for name in fake:
-    print(f"   {name}: fake-quant WER {fake[name]['wer']:.4f}, packed {packed[name]['wer']:.4f}")
-    assert abs(fake[name]["wer"] - packed[name]["wer"]) <= float(sys.argv[3]), \
-        "packed and fake-quant WER differ"
-PY
+  same_wer "$OUT/packed_eval/fake_quant/results.json" \
+    "$OUT/packed_eval/qat_int2_asym_g32/results.json" "$TOL"
 fi
 
 if stage 6; then
