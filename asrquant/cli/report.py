@@ -244,10 +244,10 @@ STUDY_COLUMNS = ["recipe", "bits", "sym", "granularity", "group", "clip", "ptq_w
 
 def _run_bytes(run: dict) -> tuple[int, bool]:
     """(bytes, from_file): the exported file's size when the run wrote one (eval
-    export=true), else the report's prediction of the stored tensors."""
+    export=true), else the report's predicted parameter bytes (`size_bytes`)."""
     if run.get("file_bytes"):
         return int(run["file_bytes"]), True
-    return int(run.get("stored_bytes") or run["size_bytes"]), False
+    return int(run["size_bytes"]), False
 
 
 def study_rows(runs: list[dict], test_set: str):
@@ -289,7 +289,7 @@ def study_rows(runs: list[dict], test_set: str):
 
 def study_markdown(rows, best4, test_set: str, words: int) -> str:
     file_note = ("all sizes are exported files' bytes" if all(r["from_file"] for r in rows)
-                 else "sizes marked * are predicted stored bytes (no exported file in the sweep)")
+                 else "sizes marked * are predicted parameter bytes (no file exported)")
     lines = [f"Test set `{test_set}`, {words} words (one word = {100 / max(words, 1):.3f} WER "
              f"points). PTQ: post-training quantization of the float model; QAT: fine-tuned "
              f"with fake quantization; the float row's QAT column is the float control "
