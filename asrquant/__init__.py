@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 
 def load_quantized(path, map_location="cpu"):
     """Load a packed model written by `asrquant-export` (see asrquant.export.load_quantized)."""
+    # Imported on use, not for a circle: `import asrquant` stays free of Lightning.
     from asrquant.export import load_quantized as _load
 
     return _load(path, map_location)

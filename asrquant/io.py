@@ -1,45 +1,59 @@
-"""Atomic file writes: a crash leaves the old file or none, never half a file."""
+"""Files: atomic writes (a crash leaves the old file or none, never half a file), JSON that
+stays valid, the cache folder, and the start-of-run check that the output folder is writable.
+
+The one home of these facts; nothing else in the package renames temporary files into place.
+Imports the standard library only, so the synthetic-corpus child process stays light.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; if the block succeeds, the file written there is
+    synced and renamed onto `path` (a rename within one folder: atomic on POSIX). On any
+    error, or Ctrl-C, the temporary file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return atomic_write(path, write)
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def json_safe(x):
@@ -55,6 +69,12 @@ def json_safe(x):
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def cache_dir(*parts: str) -> Path:
+    """$ASRQUANT_CACHE/<parts>, or ~/.cache/asrquant/<parts> (corpora, sensitivities)."""
+    root = os.environ.get("ASRQUANT_CACHE") or Path.home() / ".cache" / "asrquant"
+    return Path(root).joinpath(*parts)
 
 
 MIN_FREE_BYTES = 64 * 2**20  # a floor, not an estimate: checkpoints of big models need more

@@ -74,7 +74,8 @@ def test_batches(overrides: list[str], tokenizer, max_utts: int | None = None) -
     from hydra import compose, initialize_config_dir
 
     from asrquant.cli.common import CONF_DIR
-    from asrquant.lightning.pipeline import build_datamodule, data_sources, plain
+    from asrquant.runs.blocks import build_datamodule, data_sources
+    from asrquant.runs.common import plain
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = plain(compose(config_name="eval", overrides=list(overrides)))

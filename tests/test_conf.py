@@ -7,8 +7,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from asrquant.cli.common import CONF_DIR
-from asrquant.lightning.pipeline import validate_config
 from asrquant.models.sizes import MODEL_SIZES, size_config
+from asrquant.runs import validate_config
 
 
 @pytest.mark.parametrize("size", sorted(MODEL_SIZES))
@@ -34,7 +34,8 @@ def test_every_experiment_composes_and_validates(name):
 def test_callbacks_group_builds_checkpointing_and_early_stopping(tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from asrquant.lightning.pipeline import make_callbacks, plain
+    from asrquant.runs.blocks import make_callbacks
+    from asrquant.runs.common import plain
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = plain(compose(config_name="train", overrides=["callbacks=early_stop"]))

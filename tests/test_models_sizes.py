@@ -36,7 +36,7 @@ def test_overrides_replace_size_defaults():
 
 def test_unknown_size_lists_allowed_ones():
     allowed = r"\['cpu', 'l', 'm', 's'\]"
-    with pytest.raises(ValueError, match=r"unknown model size 'xl'; allowed: " + allowed):
+    with pytest.raises(ValueError, match=r"size='xl' is invalid; allowed: " + allowed):
         build_model("xl", vocab_size=30)
 
 

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from asrquant.cli.common import CONF_DIR
 from asrquant.data.text import normalize_text
-from asrquant.lightning.pipeline import run_eval, run_train, validate_config
+from asrquant.runs import run_eval, run_train, validate_config
 
 TINY = [
     "data.synthetic.n_train=24", "data.synthetic.n_dev=6", "data.synthetic.n_test=6",
@@ -150,7 +150,7 @@ def test_ljspeech_flac_sentences_go_through_the_manifest_reader_and_evaluation(
 
 
 def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(trained, tmp_path):
-    from asrquant.export import run_export
+    from asrquant.runs import run_export
 
     results, _, data = trained
     ckpt = f"ckpt={results['best_checkpoint']}"

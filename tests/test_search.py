@@ -15,8 +15,12 @@ from asrquant.cli.common import CONF_DIR
 from asrquant.data.synthetic import build_synthetic_corpus
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
-from asrquant.lightning.pipeline import fit_normalizer, run_eval
-from asrquant.lightning.search import (
+from asrquant.models.sizes import size_config
+from asrquant.quant import candidate_weight_names, recipe_from_config
+from asrquant.quant.allocate import BudgetError
+from asrquant.runs import run_eval
+from asrquant.runs.blocks import fit_normalizer
+from asrquant.runs.search import (
     base_spec,
     candidate_specs,
     layer_groups,
@@ -26,9 +30,6 @@ from asrquant.lightning.search import (
     run_search,
     validate_search_config,
 )
-from asrquant.models.sizes import size_config
-from asrquant.quant import candidate_weight_names, recipe_from_config
-from asrquant.quant.allocate import BudgetError
 
 CORPUS = {"n_train": 4, "n_dev": 6, "n_test": 2, "n_test_voices": 2}
 TINY_MODEL = {"num_layers": 1, "d_model": 32, "ffn_dim": 64, "subsampling_channels": 8}

@@ -4,7 +4,7 @@ see conf/eval.yaml)."""
 import hydra
 
 from asrquant.cli.common import CONF_DIR, run_and_record
-from asrquant.lightning.pipeline import run_eval, validate_config
+from asrquant.runs import run_eval, validate_config
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")

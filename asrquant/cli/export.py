@@ -4,7 +4,7 @@ conf/export.yaml)."""
 import hydra
 
 from asrquant.cli.common import CONF_DIR, run_and_record
-from asrquant.export import run_export
+from asrquant.runs import run_export
 
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")

@@ -4,7 +4,7 @@
 import hydra
 
 from asrquant.cli.common import CONF_DIR, run_and_record
-from asrquant.lightning.search import run_search, validate_search_config
+from asrquant.runs import run_search, validate_search_config
 
 
 @hydra.main(config_path=CONF_DIR, config_name="search", version_base="1.3")

@@ -3,7 +3,7 @@
 import hydra
 
 from asrquant.cli.common import CONF_DIR, run_and_record
-from asrquant.lightning.pipeline import run_train, validate_config
+from asrquant.runs import run_train, validate_config
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from asrquant.checks import check_number
 from asrquant.data.audio import SAMPLE_RATE
 from asrquant.data.readers import (
     BadDataReport,
@@ -91,8 +92,7 @@ class DurationBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         bucket_seconds: float = 0.5,
     ) -> None:
-        if max_batch_seconds <= 0:
-            raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
+        check_number("max_batch_seconds", max_batch_seconds, gt=0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
         self.durations = np.asarray(durations, dtype=np.float64)
@@ -185,6 +185,7 @@ class ASRDataModule(lightning.LightningDataModule):
     ) -> None:
         super().__init__()
         check_policy(policy)
+        check_number("max_batch_seconds", max_batch_seconds, gt=0)
         self.tokenizer = tokenizer
         self.sources = {"train": train, "val": val, "test": test}
         self.extra_test = dict(extra_test or {})

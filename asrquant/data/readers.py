@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
+from asrquant.checks import check_choice
 from asrquant.data.audio import SAMPLE_RATE, AudioError, BadDataError, audio_info, read_audio
 from asrquant.data.text import normalize_text
 
@@ -66,9 +67,9 @@ class BadDataReport:
         return f"skipped {len(self.skipped)} {noun}: {items}"
 
 
-def check_policy(policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"bad-data policy {policy!r} is not one of {POLICIES}")
+def check_policy(policy: str, where: str = "policy") -> None:
+    """The bad-data policy: "skip" (drop and report) or "error" (stop at the first)."""
+    check_choice(where, policy, POLICIES)
 
 
 def handle_bad_data(

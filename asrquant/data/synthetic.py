@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from asrquant.data.files import atomic_path, atomic_write_text
+from asrquant.data.audio import SAMPLE_RATE
+from asrquant.io import atomic_path, atomic_write_text, cache_dir
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CORPUS_VERSION = 1  # bump when the generator, voices or file format change
 COMPLETE_MARKER = "_COMPLETE"
 MAX_PEAK = 0.95  # of full scale
@@ -317,8 +317,7 @@ class SyntheticCorpusConfig:
 
 def default_cache_dir() -> Path:
     """$ASRQUANT_CACHE/synthetic, or ~/.cache/asrquant/synthetic."""
-    root = os.environ.get("ASRQUANT_CACHE") or Path.home() / ".cache" / "asrquant"
-    return Path(root) / "synthetic"
+    return cache_dir("synthetic")
 
 
 def is_complete(folder: Path, config_hash: str) -> bool:

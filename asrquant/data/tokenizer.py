@@ -15,8 +15,8 @@ from typing import Literal
 
 import sentencepiece
 
-from asrquant.data.files import atomic_write_text
 from asrquant.data.text import ALPHABET, normalize_text
+from asrquant.io import atomic_write_text
 
 BLANK_ID = 0
 

@@ -21,24 +21,24 @@ from tqdm.auto import tqdm
 
 from asrquant.io import json_safe
 from asrquant.quant import (
+    CHECKPOINT_KEY,
     QuantRecipe,
     QuantReport,
     attach_fake_quant,
     detach_fake_quant,
     fake_quant_specs,
+    recipe_of_checkpoint,
 )
 
-CHECKPOINT_KEY = "asrquant_quantization"
 MODES = ("qat", "ptq")
 
 
 def report_metrics(report: QuantReport, prefix: str = "quant/") -> dict[str, float]:
-    t = report.totals()
     return {
-        f"{prefix}size_mb": t["size_mb"],
-        f"{prefix}float32_mb": t["float32_mb"],
-        f"{prefix}effective_bits": t["effective_bits"] if t["num_quantized"] else 32.0,
-        f"{prefix}quantized_share": t["quantized_share"],
+        f"{prefix}size_mb": report.quantized_bytes / 1e6,
+        f"{prefix}float32_mb": report.float32_bytes / 1e6,
+        f"{prefix}effective_bits": report.bits_per_weight,
+        f"{prefix}quantized_share": report.quantized_share,
     }
 
 
@@ -156,14 +156,6 @@ class QuantizationCallback(L.Callback):
             "recipe": self.recipe.to_dict(),
             "report": None if self.report is None else json_safe(self.report.totals()),
         }
-
-
-def recipe_of_checkpoint(checkpoint: dict) -> QuantRecipe | None:
-    """The recipe a QAT checkpoint was trained with; None for a float checkpoint."""
-    info = checkpoint.get(CHECKPOINT_KEY)
-    if not info or info.get("mode") != "qat":
-        return None
-    return QuantRecipe.from_dict(info["recipe"])
 
 
 def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from asrquant.checks import check_choice, check_number
+from asrquant.io import atomic_write_text
 from asrquant.lightning.metrics import corpus_cer, corpus_wer
 from asrquant.models.conformer_ctc import ConformerCTC, ConformerCTCConfig
 from asrquant.models.decoding import greedy_ctc_decode
@@ -128,14 +129,12 @@ class ASRModule(L.LightningModule):
                 f"tokenizer.vocab_size={tokenizer.vocab_size} but "
                 f"model_config.vocab_size={model_config.vocab_size}"
             )
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; allowed: {list(SCHEDULES)}")
-        if lr <= 0:
-            raise ValueError(f"lr={lr} must be > 0")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+        check_choice("schedule", schedule, SCHEDULES)
+        check_number("lr", lr, gt=0)
+        check_number("weight_decay", weight_decay, ge=0)
+        check_number("warmup_steps", warmup_steps, ge=0, integer=True)
+        check_number("min_lr_ratio", min_lr_ratio, ge=0, le=1)
+        check_number("total_steps", total_steps, gt=0, integer=True, none_ok=True)
         if total_steps is not None and total_steps <= warmup_steps:
             raise ValueError(f"total_steps={total_steps} must be > warmup_steps={warmup_steps}")
         if len(betas) != 2:
@@ -381,15 +380,10 @@ class ASRModule(L.LightningModule):
 
 def write_predictions(path: Path, results: Sequence[UtteranceResult]) -> None:
     """Write `id\\tref\\thyp` lines (after a header) atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["id\tref\thyp"]
     for r in results:
         lines.append("\t".join(_one_line(field) for field in (r.id, r.ref, r.hyp)))
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as tmp:
-        tmp.write("\n".join(lines) + "\n")
-    os.replace(tmp.name, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _one_line(text: str) -> str:

@@ -20,7 +20,8 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.conformer import ConformerLayer
 
-SAMPLE_RATE = 16_000
+from asrquant.data.audio import SAMPLE_RATE
+
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms shift
 LOG_MEL_FLOOR = 1e-6

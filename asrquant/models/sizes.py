@@ -30,7 +30,7 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 def size_config(size: str, vocab_size: int, **overrides: Any) -> ConformerCTCConfig:
     """The ConformerCTCConfig of a named size, with any field overridden."""
     if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {size!r}; allowed: {sorted(MODEL_SIZES)}")
+        raise ValueError(f"size={size!r} is invalid; allowed: {sorted(MODEL_SIZES)}")
     return ConformerCTCConfig.from_dict(
         {**MODEL_SIZES[size], "vocab_size": vocab_size, **overrides}
     )

@@ -10,6 +10,7 @@ from .primitives import (
     quantize,
 )
 from .recipe import (
+    CHECKPOINT_KEY,
     FakeQuantize,
     QuantRecipe,
     QuantRule,
@@ -21,11 +22,13 @@ from .recipe import (
     fake_quant_specs,
     original_name,
     recipe_from_config,
+    recipe_of_checkpoint,
 )
 from .report import ParamRow, QuantReport
 from .spec import QuantSpec, code_range, num_levels
 
 __all__ = [
+    "CHECKPOINT_KEY",
     "FakeQuantize",
     "GroupLayout",
     "ParamRow",
@@ -49,4 +52,5 @@ __all__ = [
     "original_name",
     "quantize",
     "recipe_from_config",
+    "recipe_of_checkpoint",
 ]

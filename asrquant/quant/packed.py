@@ -1,5 +1,8 @@
 """Modules whose weights are stored only as packed integer codes, dequantized on the fly.
 
+`packed_state_dict(model, plan)` is the generic packer: any nn.Module and a plan
+(parameter name -> QuantSpec, e.g. `QuantRecipe.plan(model)`) give the tensors to store
+(codes, scales, zero points; every other tensor as it is) and the metadata to rebuild them.
 `pack_module_weights(model, qtensors)` turns, in place, each named weight into a
 `PackedWeight` (packed uint8 codes + scales + zero points) and switches its module to the
 matching class below, whose `weight` (or `in_proj_weight`) is a property that dequantizes.
@@ -19,8 +22,10 @@ import torch
 from torch import nn
 
 from .pack import from_unsigned, pack, to_unsigned, unpack
-from .primitives import QuantizedTensor, cast_saturating, group_layout
+from .primitives import QuantizedTensor, cast_saturating, group_layout, quantize
 from .spec import QuantSpec
+
+SEP = "::"  # "<param>::packed", "<param>::scale", "<param>::zero_point"
 
 
 class PackedWeight(nn.Module):
@@ -185,3 +190,29 @@ def pack_module_weights(model: nn.Module, weights: dict[str, PackedWeight]) -> N
             del module._parameters[attr]
         module.__class__ = cls
         module.add_module(f"packed_{attr}", packed)
+
+
+def packed_state_dict(model: nn.Module, plan: dict[str, QuantSpec]
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """(tensors, quantized) of `model` quantized by `plan`: every state-dict entry that the
+    plan names becomes "<name>::packed" (uint8 codes at their bit width), "<name>::scale" and,
+    if asymmetric, "<name>::zero_point"; every other entry is kept under its own name.
+    `quantized` maps each packed name to {"shape", "dtype", "spec"} (JSON-ready)."""
+    state = model.state_dict()
+    unknown = sorted(set(plan) - set(state))
+    if unknown:
+        raise ValueError(f"plan names {unknown[:5]} that are not in the model's state dict")
+    tensors, quantized = {}, {}
+    for name, tensor in state.items():
+        spec = plan.get(name)
+        if spec is None:
+            tensors[name] = tensor.detach().contiguous()
+            continue
+        qt = quantize(tensor.detach(), spec)
+        tensors[name + SEP + "packed"] = PackedWeight.from_quantized(qt).packed
+        tensors[name + SEP + "scale"] = qt.scale.contiguous()
+        if qt.zero_point is not None:
+            tensors[name + SEP + "zero_point"] = qt.zero_point.contiguous()
+        quantized[name] = {"shape": list(qt.shape), "dtype": str(qt.dtype).replace("torch.", ""),
+                           "spec": spec.to_dict()}
+    return tensors, quantized

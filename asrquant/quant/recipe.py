@@ -327,12 +327,17 @@ def recipe_from_config(cfg: dict) -> QuantRecipe:
 
 
 def canonical_name(spec: QuantSpec | None) -> str:
-    """'float', or e.g. 'int2_asym_g32_mse', 'int4_sym_ch', 'int3_asym_tensor_clip0.9'."""
-    if spec is None:
-        return "float"
-    gran = {"tensor": "tensor", "channel": "ch"}.get(spec.granularity, f"g{spec.group_size}")
-    clip = {"none": "", "mse": "_mse", "fixed": f"_clip{spec.clip_ratio:g}"}[spec.clip]
-    scale = "" if spec.scale_dtype == "float16" else f"_{spec.scale_dtype}"
-    if not spec.symmetric and spec.zero_point_dtype != spec.scale_dtype:
-        scale += "_zpu8" if spec.zero_point_dtype == "uint8" else f"_zp{spec.zero_point_dtype}"
-    return f"int{spec.bits}_{'sym' if spec.symmetric else 'asym'}_{gran}{clip}{scale}"
+    """'float', or the spec's name (`QuantSpec.name`), e.g. 'int2_asym_g32_mse'."""
+    return "float" if spec is None else spec.name()
+
+
+CHECKPOINT_KEY = "asrquant_quantization"  # where a Trainer checkpoint keeps its recipe
+
+
+def recipe_of_checkpoint(checkpoint: dict) -> QuantRecipe | None:
+    """The recipe a QAT checkpoint was trained with (written by QuantizationCallback under
+    CHECKPOINT_KEY); None for a float checkpoint."""
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if not info or info.get("mode") != "qat":
+        return None
+    return QuantRecipe.from_dict(info["recipe"])

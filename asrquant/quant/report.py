@@ -118,6 +118,12 @@ class QuantReport:
         return 8 * sum(r.code_bytes + r.scale_bytes for r in self.quantized_rows) / n
 
     @property
+    def bits_per_weight(self) -> float:
+        """`effective_bits`, or 32.0 when nothing is quantized (a float model): the number
+        that results tables and loggers show."""
+        return self.effective_bits if self.num_quantized else 32.0
+
+    @property
     def quantized_share(self) -> float:
         return self.num_quantized / self.num_params if self.num_params else 0.0
 
@@ -135,6 +141,7 @@ class QuantReport:
             "float32_mb": self.float32_bytes / 1e6,
             "size_mb": self.quantized_bytes / 1e6,
             "effective_bits": self.effective_bits,
+            "bits_per_weight": self.bits_per_weight,
             "compression": self.compression,
             "buffer_bytes": self.buffer_bytes,
             "stored_bytes": self.stored_bytes,

@@ -175,10 +175,20 @@ class QuantSpec:
         d["clip_grid"] = list(d["clip_grid"])
         return d
 
-    def describe(self) -> str:
-        """Short human name, e.g. 'int2 asym g32 mse'."""
-        kind = "sym" if self.symmetric else "asym"
+    def name(self, sep: str = "_") -> str:
+        """The one name of a spec: 'int2_asym_g32_mse', 'int4_sym_ch', 'int3_asym_tensor_clip0.9'
+        ('float16' scales and zero points at the scale's dtype are the defaults and not named).
+        `sep=" "` gives the same name for tables: 'int2 asym g32 mse'."""
         gran = {"tensor": "tensor", "channel": "ch"}.get(self.granularity, f"g{self.group_size}")
-        clip = {"none": "", "fixed": f" clip{self.clip_ratio:g}", "mse": " mse"}[self.clip]
-        zp = " zp-u8" if not self.symmetric and self.zero_point_dtype == "uint8" else ""
-        return f"int{self.bits} {kind} {gran}{clip}{zp}"
+        parts = [f"int{self.bits}", "sym" if self.symmetric else "asym", gran]
+        parts += {"none": [], "mse": ["mse"], "fixed": [f"clip{self.clip_ratio:g}"]}[self.clip]
+        if self.scale_dtype != "float16":
+            parts.append(self.scale_dtype)
+        if not self.symmetric and self.zero_point_dtype != self.scale_dtype:
+            zp = self.zero_point_dtype
+            parts.append("zpu8" if zp == "uint8" else f"zp{zp}")
+        return sep.join(parts)
+
+    def describe(self) -> str:
+        """Short human name, e.g. 'int2 asym g32 mse' (`name` with spaces)."""
+        return self.name(" ")

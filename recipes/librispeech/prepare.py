@@ -30,10 +30,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from asrquant.data.files import atomic_write_text
 from asrquant.data.readers import BadDataReport, librispeech_utterances, validate_utterances
 from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import train_sentencepiece
+from asrquant.io import atomic_write_text
 
 TRAIN_960 = ["train-clean-100", "train-clean-360", "train-other-500"]
 DEV = ["dev-clean", "dev-other"]

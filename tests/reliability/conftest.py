@@ -21,7 +21,7 @@ def corpus_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, corpus_cache):
     """A float checkpoint of a tiny model trained for one epoch (its best.ckpt path)."""
-    from asrquant.lightning.pipeline import run_train, validate_config
+    from asrquant.runs import run_train, validate_config
 
     run = tmp_path_factory.mktemp("reliability_train")
     cfg = cfg_of("train", TINY_DATA + TINY_MODEL + [f"data.synthetic.cache_dir={corpus_cache}",

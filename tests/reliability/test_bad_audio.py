@@ -12,7 +12,7 @@ from rel_helpers import TINY_DATA, cfg_of
 
 from asrquant.data.audio import BadDataError, read_audio
 from asrquant.data.readers import BadDataReport, manifest_utterances, validate_utterances
-from asrquant.lightning.pipeline import run_eval, run_train, validate_config
+from asrquant.runs import run_eval, run_train, validate_config
 
 
 def tone(path, seconds=0.5, sr=16000, channels=1):

@@ -12,9 +12,9 @@ from rel_helpers import PYTHON, ROOT, cfg_of, child_env
 
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
-from asrquant.lightning.pipeline import validate_config
 from asrquant.models.sizes import size_config
 from asrquant.quant import attach_fake_quant, recipe_from_config
+from asrquant.runs import validate_config
 
 GRAN = "'tensor' | 'channel' | 'group'"
 
@@ -177,7 +177,7 @@ def test_a_rule_matching_nothing_fails_at_config_check_when_strict_before_any_da
 
 
 def test_quant_strict_config_reaches_the_quantization_callback():
-    from asrquant.lightning.pipeline import quantization_callbacks
+    from asrquant.runs.blocks import quantization_callbacks
 
     cfg = {"quant_strict": True, "quant": {"name": "m", "bits": 2, "group_size": 32,
                                            "rules": [{"pattern": "*.nothing.*", "bits": 4}]}}

@@ -132,14 +132,14 @@ def test_an_export_that_crashes_midway_leaves_no_file_a_loader_would_trust(tmp_p
 
 
 def test_every_file_write_in_the_package_goes_through_a_temporary_name():
-    """Static guard: writes outside asrquant/io.py and asrquant/data/files.py must target a
+    """Static guard: writes outside asrquant/io.py must target a
     temporary path (a name containing 'tmp') that is renamed into place afterwards."""
     writers = ("write_text", "write_bytes", "savefig", "torch.save", "save_file",
                "soundfile.write", "save_checkpoint", "np.save", "to_csv")
     offenders = []
     for path in sorted((ROOT / "asrquant").rglob("*.py")):
         rel = str(path.relative_to(ROOT))
-        if rel in ("asrquant/io.py", "asrquant/data/files.py"):
+        if rel == "asrquant/io.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
@@ -165,15 +165,15 @@ def test_every_file_write_in_the_package_goes_through_a_temporary_name():
 def test_a_full_disk_fails_at_the_start_naming_the_folder(tmp_path, monkeypatch):
     import shutil
 
-    from asrquant.lightning import pipeline
+    from asrquant.runs import evaluate
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(asrquant.io.shutil, "disk_usage",
                         lambda p: usage._replace(free=5 * 2**20))
-    monkeypatch.setattr(pipeline, "data_sources", lambda *a: pytest.fail("data was touched"))
+    monkeypatch.setattr(evaluate, "data_sources", lambda *a: pytest.fail("data was touched"))
     cfg = cfg_of("eval", TINY_DATA + ["ckpt=/x.ckpt"])
     with pytest.raises(OSError) as e:
-        pipeline.run_eval(cfg, tmp_path / "run")
+        evaluate.run_eval(cfg, tmp_path / "run")
     assert str(e.value) == (f"output folder {str(tmp_path / 'run')!r} has only 5.0 MiB free; "
                             "allowed: at least 64 MiB (checkpoints, results and predictions "
                             "are written there)")
@@ -183,7 +183,7 @@ def test_a_disk_that_refuses_writes_fails_at_the_start(tmp_path, monkeypatch):
     import errno
     import os
 
-    from asrquant.lightning import pipeline
+    from asrquant.runs import train
 
     real_fsync = os.fsync
 
@@ -191,9 +191,9 @@ def test_a_disk_that_refuses_writes_fails_at_the_start(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(asrquant.io.os, "fsync", enospc)
-    monkeypatch.setattr(pipeline, "data_sources", lambda *a: pytest.fail("data was touched"))
+    monkeypatch.setattr(train, "data_sources", lambda *a: pytest.fail("data was touched"))
     with pytest.raises(OSError) as e:
-        pipeline.run_train(cfg_of("train", TINY_DATA), tmp_path / "run")
+        train.run_train(cfg_of("train", TINY_DATA), tmp_path / "run")
     monkeypatch.setattr(asrquant.io.os, "fsync", real_fsync)
     assert str(e.value) == (f"output folder {str(tmp_path / 'run')!r} is not writable: "
                             "No space left on device")

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import ExportError, export_packed, load_quantized
 from asrquant.lightning.module import ASRModule
-from asrquant.lightning.pipeline import load_checkpoint, module_from_checkpoint, run_train
 from asrquant.models.sizes import size_config
 from asrquant.quant import QuantRecipe, QuantRule, QuantSpec
+from asrquant.runs import run_train
+from asrquant.runs.blocks import load_checkpoint, module_from_checkpoint
 
 
 def tiny_ckpt_dict(**overrides):

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile
 from rel_helpers import cfg_of
 
-from asrquant.lightning.pipeline import run_eval
+from asrquant.runs import run_eval
 
 
 def manifest(folder, n, files):

@@ -11,7 +11,7 @@ from asrquant.cli.report import main as report_main
 
 WRAPPER = '''
 import os, signal, torch
-import asrquant.lightning.pipeline as pipeline
+import asrquant.runs as pipeline
 
 real = pipeline.run_eval
 

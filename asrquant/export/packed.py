@@ -23,15 +23,19 @@ from safetensors.torch import save_file
 
 from asrquant.data.tokenizer import tokenizer_from_state
 from asrquant.io import atomic_write
-from asrquant.lightning.callbacks import recipe_of_checkpoint
 from asrquant.lightning.module import ASRModule
-from asrquant.quant import QuantRecipe, QuantSpec, group_layout, original_name, quantize
+from asrquant.quant import (
+    QuantRecipe,
+    QuantSpec,
+    group_layout,
+    original_name,
+    recipe_of_checkpoint,
+)
 from asrquant.quant.pack import packed_nbytes
-from asrquant.quant.packed import PackedWeight, pack_module_weights
+from asrquant.quant.packed import SEP, PackedWeight, pack_module_weights, packed_state_dict
 
 FORMAT = "asrquant.packed"
 FORMAT_VERSION = 1
-SEP = "::"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -57,22 +61,7 @@ def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLik
         recipe = QuantRecipe(None, name="float")
     module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
     module.load_state_dict(float_state_dict(ckpt["state_dict"]))
-    plan = recipe.plan(module)
-    state = module.state_dict()
-    tensors, quantized = {}, {}
-    for name, tensor in state.items():
-        spec = plan.get(name)
-        if spec is None:
-            tensors[name] = tensor.detach().contiguous()
-            continue
-        qt = quantize(tensor.detach(), spec)
-        pw = PackedWeight.from_quantized(qt)
-        tensors[name + SEP + "packed"] = pw.packed
-        tensors[name + SEP + "scale"] = qt.scale.contiguous()
-        if qt.zero_point is not None:
-            tensors[name + SEP + "zero_point"] = qt.zero_point.contiguous()
-        quantized[name] = {"shape": list(qt.shape), "dtype": str(qt.dtype).replace("torch.", ""),
-                           "spec": spec.to_dict()}
+    tensors, quantized = packed_state_dict(module, recipe.plan(module))
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -219,50 +208,3 @@ def header_bytes(path: str | os.PathLike) -> int:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     return 8 + n
-
-
-def run_export(cfg, run_dir: str | os.PathLike) -> dict:
-    """Hydra entry (`asrquant-export`): export `ckpt` quantized with `quant` (or, for a QAT
-    checkpoint, with its own recipe) and compare the file with the report's predicted size."""
-    import time
-
-    from asrquant.io import atomic_write_json, check_writable, json_safe
-    from asrquant.lightning.pipeline import (
-        git_revision,
-        load_checkpoint,
-        plain,
-        recipe_of,
-    )
-    from asrquant.quant import build_report
-
-    started = time.perf_counter()
-    cfg = plain(cfg)
-    run_dir = check_writable(run_dir)
-    recipe = recipe_of(cfg)
-    if not cfg.get("ckpt"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt")
-    ckpt = load_checkpoint(cfg["ckpt"])
-    out = Path(cfg.get("out") or run_dir / "model.safetensors")
-    info = export_packed(ckpt, recipe, out)
-    recipe = recipe or recipe_of_checkpoint(ckpt) or QuantRecipe(None, name="float")
-    module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
-    report = build_report(module, recipe.plan(module), recipe.name)
-    head = header_bytes(out)
-    predicted = report.stored_bytes
-    results = {
-        "status": "ok", "git_revision": git_revision(), "config": cfg, "ckpt": cfg["ckpt"],
-        "recipe": recipe.to_dict(), "path": str(out),
-        "file_bytes": info["file_bytes"], "header_bytes": head,
-        "tensor_bytes": info["file_bytes"] - head,
-        "predicted_bytes": predicted,
-        "predicted_vs_tensor_bytes": (info["file_bytes"] - head) / predicted - 1,
-        "size_bytes": report.quantized_bytes, "float32_bytes": report.float32_bytes,
-        "effective_bits": report.effective_bits if report.num_quantized else 32.0,
-        "num_params": report.num_params,
-        "wall_time_s": time.perf_counter() - started,
-    }
-    atomic_write_json(run_dir / "export.json", json_safe(results))
-    print(json.dumps({k: results[k] for k in ("path", "file_bytes", "header_bytes",
-                                              "predicted_bytes", "predicted_vs_tensor_bytes")},
-                     indent=2))
-    return results

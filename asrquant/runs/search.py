@@ -34,22 +34,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from safetensors import safe_open
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import read_utterances
 from asrquant.data.text import normalize_text
-from asrquant.io import atomic_write_json, atomic_write_text, check_writable, json_safe
+from asrquant.export import load_quantized
+from asrquant.io import atomic_write_json, atomic_write_text, cache_dir
 from asrquant.lightning.metrics import corpus_wer
 from asrquant.lightning.module import ASRModule
-from asrquant.lightning.pipeline import (
-    data_sources,
-    git_revision,
-    load_checkpoint,
-    module_from_checkpoint,
-    plain,
-)
+from asrquant.runs.blocks import data_sources, load_checkpoint, module_from_checkpoint
+from asrquant.runs.common import finish_run, plain, start_run
 from asrquant.models.decoding import greedy_ctc_decode
 from asrquant.quant import (
     QuantRecipe,
@@ -226,12 +223,6 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    """$ASRQUANT_CACHE/search, or ~/.cache/asrquant/search."""
-    root = os.environ.get("ASRQUANT_CACHE") or Path.home() / ".cache" / "asrquant"
-    return Path(root) / "search"
-
-
 def measure_sensitivity(module: ASRModule, groups: Sequence[LayerGroup], base: QuantSpec,
                         options: dict[str, QuantSpec], scorer: DevScorer,
                         cache_dir: str | os.PathLike | None = None,
@@ -283,10 +274,6 @@ def load_float_module(path: str | os.PathLike) -> ASRModule:
     """A float ASRModule from a Lightning checkpoint or a float export (.safetensors)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        from asrquant.export import load_quantized
-
         with safe_open(str(path), "pt") as f:
             quantized = json.loads((f.metadata() or {}).get("quantized") or "{}")
         if quantized:
@@ -379,12 +366,8 @@ def _totals(model, recipe: QuantRecipe) -> dict:
 def run_search(cfg, run_dir: str | os.PathLike,
                progress: Callable[[], bool] | bool | None = None) -> dict:
     """Measure (or read from the cache), allocate, write the recipe and search.json."""
-    started = time.perf_counter()
-    cfg = validate_search_config(cfg)
-    run_dir = check_writable(run_dir)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
+    run = start_run(validate_search_config(cfg), run_dir)
+    cfg, run_dir = run.cfg, run.dir
     show = bool(cfg.get("progress", True)) if progress is None else bool(progress)
     base = base_spec(cfg)
     options = candidate_specs(cfg["candidates"], base)
@@ -404,8 +387,8 @@ def run_search(cfg, run_dir: str | os.PathLike,
                          "with data.train): the search measures on dev, never on test")
     scorer = DevScorer(module, sources["val"], float(cfg["data"].get("max_batch_seconds", 60)),
                        cfg.get("dev_utterances"), cfg["data"].get("eval_policy", "error"))
-    cache_dir = Path(cfg.get("cache_dir") or default_cache_dir())
-    table = measure_sensitivity(module, groups, base, options, scorer, cache_dir, show)
+    cache = Path(cfg.get("cache_dir") or cache_dir("search"))
+    table = measure_sensitivity(module, groups, base, options, scorer, cache, show)
     metric = cfg["metric"]
     ref = table["reference"]
     cost = {g.name: {b: table["measured"][g.name][b][metric] - ref[metric] for b in candidates}
@@ -459,7 +442,6 @@ def run_search(cfg, run_dir: str | os.PathLike,
         return {k: (v.to_dict() if isinstance(v, QuantRecipe) else v) for k, v in e.items()}
 
     results = {
-        "status": "ok", "git_revision": git_revision(), "config": cfg,
         "ckpt": str(cfg["ckpt"]), "metric": metric,
         "candidates": {c: s.to_dict() for c, s in options.items()},
         "base_spec": base.to_dict(),
@@ -480,6 +462,4 @@ def run_search(cfg, run_dir: str | os.PathLike,
                         for c in comparisons],
         "recipe_files": [str(p) for p in paths],
     }
-    results["wall_time_s"] = time.perf_counter() - started
-    atomic_write_json(run_dir / "search.json", json_safe(results))
-    return results
+    return finish_run(run, results, filename="search.json")
