@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo quant-demo test lint bench install install-dev clean
+.PHONY: demo quant-demo test check lint bench install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,19 @@ demo: install
 quant-demo: install
 	$(VENV)/bin/asrquant-demo
 
+# ruff, then the import contracts of pyproject.toml (the rooms' one-way arrows).
 lint: install-dev
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
+
+# The inner loop (< 2 minutes here): lint, import contracts, and the fast tests (the math,
+# specs and recipes, models, data readers, config checks); `make test` runs everything.
+check: lint
+	$(PY) -m pytest -q -x tests/test_quant_spec.py tests/test_quant_recipe.py \
+	  tests/test_quant_conf.py tests/test_quant_pack.py tests/test_quant_allocate.py \
+	  tests/test_models_sizes.py tests/test_models_decoding.py tests/test_conf.py \
+	  tests/reliability/test_config_errors.py tests/data/test_data_text.py \
+	  tests/data/test_data_tokenizer.py tests/test_architecture.py
 
 # pytest exits 5 when it collects no test: make stops on any non-zero exit.
 test: lint

@@ -57,7 +57,7 @@ def test_candidates_are_linear_conv_and_attention_weights_only():
 
 
 def test_first_matching_rule_wins_and_none_keeps_float():
-    recipe = QuantRecipe(INT2, rules=(QuantRule("head.*", None), QuantRule("re:^attn\\.", INT4),
+    recipe = QuantRecipe(INT2, rules=(QuantRule("head.*", None), QuantRule("re:attn\\..*", INT4),
                                       QuantRule("attn.out_proj.weight", INT2)))
     plan = recipe.plan(small())
     assert "head.weight" not in plan
@@ -199,3 +199,13 @@ def test_canonical_name_says_when_zero_points_are_uint8():
     assert recipe.default.zero_point_dtype == "uint8"
     assert recipe_from_config({"bits": 2, "group_size": 128, "zero_point_dtype": None}).name \
         == "int2_asym_g128"
+
+
+def test_a_regex_rule_matches_the_whole_name_like_a_glob():
+    """re: rules use re.fullmatch: a regex that matches only part of a name does not apply
+    (with re.search, "re:attn" would catch every attention weight, unlike the glob "attn")."""
+    assert not QuantRule("re:attn", INT4).matches("attn.in_proj_weight")
+    assert QuantRule("re:attn\\..*", INT4).matches("attn.in_proj_weight")
+    assert not QuantRule("attn", INT4).matches("attn.in_proj_weight")
+    plan = QuantRecipe(None, rules=(QuantRule("re:(ff|head)", INT2),)).plan(small())
+    assert plan == {}

@@ -43,7 +43,7 @@ def test_every_bad_field_raises_value_error_naming_it(kwargs, field):
 
 
 def test_from_dict_rejects_unknown_keys_by_name():
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['bitz'\]"):
+    with pytest.raises(ValueError, match=r"QuantSpec got unknown key\(s\) \['bitz'\]"):
         QuantSpec.from_dict({"bitz": 2})
 
 
@@ -52,10 +52,6 @@ def test_spec_round_trips_through_dict():
                      clip_grid=(1.0, 0.9, 0.8), scale_dtype=torch.bfloat16)
     assert spec.scale_dtype == "bfloat16"
     assert QuantSpec.from_dict(spec.to_dict()) == spec
-
-
-def test_group_size_is_ignored_outside_group_granularity():
-    assert QuantSpec(granularity="channel", group_size=32).group_size is None
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -84,3 +80,15 @@ def test_zero_point_dtype_defaults_to_the_scale_dtype_and_counts_its_bits():
     old = QuantSpec().to_dict()
     del old["zero_point_dtype"]  # a spec written before the field existed
     assert QuantSpec.from_dict(old) == QuantSpec()
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_a_group_size_that_contradicts_the_granularity_is_an_error(granularity):
+    """Given explicitly, a group size with per-channel or per-tensor scales is refused (it
+    used to be dropped silently); left unset it is None there and 128 for groups."""
+    with pytest.raises(ValueError, match=rf"QuantSpec.group_size=64 is invalid; allowed: None "
+                                         rf"when granularity='{granularity}'"):
+        QuantSpec(bits=4, granularity=granularity, group_size=64)
+    assert QuantSpec(bits=4, granularity=granularity).group_size is None
+    assert QuantSpec(bits=4, granularity=granularity, group_size=None).group_size is None
+    assert QuantSpec(bits=4).group_size == 128

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from asrquant.checks import check_choice
 from asrquant.data.audio import SAMPLE_RATE, AudioError, BadDataError, audio_info, read_audio
+from asrquant.data.synthetic import SPLITS, build_synthetic_corpus
 from asrquant.data.text import normalize_text
 
 Policy = Literal["skip", "error"]
@@ -191,8 +192,6 @@ def read_utterances(
                 raise ValueError(f"LibriSpeech reader config {dict(source)} needs 'splits'")
             return list(librispeech_utterances(source["librispeech"], list(splits)))
         if "synthetic" in source:
-            from asrquant.data.synthetic import SPLITS, build_synthetic_corpus
-
             split = source.get("split")
             if split not in SPLITS:
                 raise ValueError(f"synthetic reader config needs 'split', one of {SPLITS}")

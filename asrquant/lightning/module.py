@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from asrquant.checks import check_choice, check_number
+from asrquant.data.tokenizer import tokenizer_from_state as default_tokenizer_from_state
 from asrquant.io import atomic_write_text
 from asrquant.lightning.metrics import corpus_cer, corpus_wer
 from asrquant.models.conformer_ctc import ConformerCTC, ConformerCTCConfig
@@ -344,9 +345,8 @@ class ASRModule(L.LightningModule):
                 f"{path} is not an ASRModule checkpoint: missing {missing} "
                 f"(it has {sorted(checkpoint)})"
             )
-        if tokenizer_from_state is None:
-            tokenizer_from_state = _default_tokenizer_from_state()
-        tokenizer = tokenizer_from_state(checkpoint["tokenizer_state"])
+        tokenizer = (tokenizer_from_state or default_tokenizer_from_state)(
+            checkpoint["tokenizer_state"])
         module = cls(checkpoint["model_config"], tokenizer, normalize=normalize)
         module.load_state_dict(checkpoint["state_dict"])
         if isinstance(map_location, str | torch.device):
@@ -407,14 +407,3 @@ def _gather_across_processes(
                 # keyed by id: DistributedSampler repeats utterances to even out the ranks
                 merged.setdefault(loader_idx, {})[r.id] = r
     return {idx: list(by_id.values()) for idx, by_id in sorted(merged.items())}
-
-
-def _default_tokenizer_from_state() -> Callable[[dict[str, Any]], Tokenizer]:
-    try:
-        from asrquant.data.tokenizer import tokenizer_from_state
-    except ImportError as error:
-        raise ImportError(
-            "cannot import asrquant.data.tokenizer.tokenizer_from_state; pass "
-            "tokenizer_from_state= to ASRModule.load_for_inference"
-        ) from error
-    return tokenizer_from_state

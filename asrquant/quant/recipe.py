@@ -6,7 +6,8 @@ matches decides; if none matches, candidates get the default and others stay flo
 
 Patterns are shell-style globs matched against the full parameter name with
 `fnmatch.fnmatchcase` ("*.ffn1.*", "conformer_layers.0.*"), or regular expressions when
-prefixed with "re:" (matched with `re.search`, e.g. "re:layers\\.(0|1)\\.").
+prefixed with "re:" (matched with `re.fullmatch`, like the globs against the whole name,
+e.g. "re:.*layers\\.(0|1)\\..*").
 
 Candidates are the weights of Linear, Conv1d, Conv2d and MultiheadAttention
 (in_proj_weight, or q/k/v_proj_weight). Rules apply to candidates only, unless a rule is
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from asrquant.checks import check_keys
 
 from .primitives import fake_quantize
 from .report import QuantReport, param_row
@@ -54,7 +57,7 @@ class QuantRule:
 
     def matches(self, name: str) -> bool:
         if self.pattern.startswith("re:"):
-            return re.search(self.pattern[3:], name) is not None
+            return re.fullmatch(self.pattern[3:], name) is not None
         return fnmatch.fnmatchcase(name, self.pattern)
 
 
@@ -117,22 +120,14 @@ class QuantRecipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantRecipe:
-        allowed = {"name", "default", "rules"}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(
-                f"QuantRecipe got unknown key(s) {unknown}; allowed: {sorted(allowed)}"
-            )
+        check_keys("QuantRecipe", d, ("name", "default", "rules"))
         default = d.get("default")
         rules = []
         for i, r in enumerate(d.get("rules") or []):
             if not isinstance(r, dict) or "pattern" not in r:
                 raise ValueError(f"QuantRecipe.rules[{i}]={r!r} is invalid; allowed: "
                                  "{'pattern': str, 'spec': dict | None}")
-            extra = sorted(set(r) - {"pattern", "spec", "candidates_only"})
-            if extra:
-                raise ValueError(f"QuantRecipe.rules[{i}] has unknown key(s) {extra}; allowed: "
-                                 "['candidates_only', 'pattern', 'spec']")
+            check_keys(f"QuantRecipe.rules[{i}]", r, ("pattern", "spec", "candidates_only"))
             spec = r.get("spec")
             spec = None if spec is None else QuantSpec.from_dict(spec)
             rules.append(QuantRule(r["pattern"], spec, bool(r.get("candidates_only", True))))
@@ -293,10 +288,7 @@ def recipe_from_config(cfg: dict) -> QuantRecipe:
     Unknown keys raise ValueError naming them and the allowed ones.
     """
     cfg = dict(cfg)
-    allowed = {"name", "rules", *_SPEC_KEYS}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"quant recipe got unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    check_keys("quant recipe", cfg, ("name", "rules", *_SPEC_KEYS))
     name = cfg.pop("name", "custom")
     rule_cfgs = cfg.pop("rules", None) or []
     base = {k: v for k, v in cfg.items() if v is not None or k == "group_size"}

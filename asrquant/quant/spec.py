@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from asrquant.checks import check_keys
+
 GRANULARITIES = ("tensor", "channel", "group")
 CLIP_METHODS = ("none", "fixed", "mse")
 SCALE_DTYPES = {
@@ -22,6 +24,17 @@ SCALE_DTYPES = {
 # integers up to 256 exactly), so their dtype changes the stored bytes, never the codes.
 ZERO_POINT_DTYPES = {**SCALE_DTYPES, "uint8": torch.uint8}
 MIN_BITS, MAX_BITS = 1, 8
+DEFAULT_GROUP_SIZE = 128
+
+
+class _Auto:
+    """`group_size` left unset: DEFAULT_GROUP_SIZE for granularity 'group', else None."""
+
+    def __repr__(self) -> str:
+        return "auto"
+
+
+AUTO = _Auto()
 DEFAULT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(16))  # 1.00, 0.95, ..., 0.25
 
 
@@ -62,7 +75,8 @@ class QuantSpec:
     granularity: "tensor" (one scale), "channel" (one per output row),
                  "group" (one per `group_size` consecutive weights of a row: the paper's
                  sub-channel quantization).
-    group_size: weights per group along the (flattened) input dimension, for "group".
+    group_size: weights per group along the (flattened) input dimension, for "group"
+                (unset: 128); with "tensor" or "channel" it must be unset or None.
     clip: "none" (min/max range), "fixed" (range scaled by `clip_ratio`),
           "mse" (per group the ratio from `clip_grid` with the least squared error).
     scale_dtype: "float32" | "float16" | "bfloat16"; scales are rounded up to it before
@@ -76,7 +90,7 @@ class QuantSpec:
     bits: int = 4
     symmetric: bool = False
     granularity: str = "group"
-    group_size: int | None = 128
+    group_size: int | None = AUTO  # type: ignore[assignment]
     clip: str = "none"
     clip_ratio: float = 1.0
     clip_grid: tuple[float, ...] = field(default=DEFAULT_CLIP_GRID)
@@ -90,8 +104,9 @@ class QuantSpec:
         object.__setattr__(self, "zero_point_dtype", _dtype_name(zp))
         if isinstance(self.clip_grid, list):
             object.__setattr__(self, "clip_grid", tuple(self.clip_grid))
-        if self.granularity != "group" and self.group_size is not None:
-            object.__setattr__(self, "group_size", None)
+        if self.group_size is AUTO:
+            auto = DEFAULT_GROUP_SIZE if self.granularity == "group" else None
+            object.__setattr__(self, "group_size", auto)
         self.validate()
 
     def validate(self) -> None:
@@ -108,17 +123,18 @@ class QuantSpec:
             bad("bits", self.bits, "2..8 when symmetric=True (1-bit needs symmetric=False)")
         if self.granularity not in GRANULARITIES:
             bad("granularity", self.granularity, " | ".join(map(repr, GRANULARITIES)))
+        gs = self.group_size
         if self.granularity == "group":
-            gs = self.group_size
             if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
                 bad("group_size", gs, "a positive int when granularity='group'")
+        elif gs is not None:
+            bad("group_size", gs, f"None when granularity={self.granularity!r} (groups are "
+                "for granularity='group')")
         if self.clip not in CLIP_METHODS:
             bad("clip", self.clip, " | ".join(map(repr, CLIP_METHODS)))
         r = self.clip_ratio
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
             bad("clip_ratio", r, "a float in (0, 1]")
-        if self.clip == "fixed" and r == 1.0:
-            pass  # fixed at 1.0 is the same as none; allowed for sweeps.
         grid = self.clip_grid
         if not isinstance(grid, tuple) or len(grid) == 0:
             bad("clip_grid", grid, "a non-empty sequence of ratios in (0, 1]")
@@ -162,12 +178,7 @@ class QuantSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"QuantSpec got unknown field(s) {unknown}; allowed: {sorted(known)}"
-            )
+        check_keys("QuantSpec", d, (f.name for f in fields(cls)))
         return cls(**d)
 
     def to_dict(self) -> dict:
