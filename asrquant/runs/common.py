@@ -1,0 +1,95 @@
+"""What every run shares: the plain config, the start (output folder checked, threads, seed,
+timer) and the finish (results.json with status, git revision, config and wall time, written
+atomically), the recipe of a config and the size columns of its results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from asrquant.io import atomic_write_json, check_writable, json_safe
+from asrquant.quant import QuantRecipe, build_report, fake_quant_specs, recipe_from_config
+
+
+def plain(cfg) -> Any:
+    """OmegaConf -> plain python containers (dicts and lists); other values unchanged."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Run:
+    """A run in progress: its plain config, its (writable) folder and its start time."""
+
+    cfg: dict
+    dir: Path
+    started: float
+
+    @property
+    def wall_time_s(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def start_run(cfg, run_dir: str | os.PathLike, seed_workers: bool = False) -> Run:
+    """The preamble of every run: timer, plain config, output folder probed (fails now, not
+    after hours), torch threads (`threads`), seed (`seed`)."""
+    started = time.perf_counter()
+    cfg = plain(cfg)
+    run_dir = check_writable(run_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    L.seed_everything(int(cfg.get("seed", 0)), workers=seed_workers, verbose=False)
+    return Run(cfg, run_dir, started)
+
+
+def finish_run(run: Run, fields: dict, filename: str = "results.json") -> dict:
+    """{"status": "ok", git revision, config, **fields, wall time}, written atomically to
+    `run.dir/filename` (NaN and inf as null) and returned."""
+    results = {"status": "ok", "git_revision": git_revision(), "config": run.cfg, **fields,
+               "wall_time_s": run.wall_time_s}
+    atomic_write_json(run.dir / filename, json_safe(results))
+    return results
+
+
+def recipe_of(cfg: dict) -> QuantRecipe | None:
+    """The `quant` recipe of a config; None for float (no default spec and no rules)."""
+    quant = cfg.get("quant")
+    if not quant:
+        return None
+    recipe = recipe_from_config(quant)
+    return None if recipe.default is None and not recipe.rules else recipe
+
+
+def size_fields(module: nn.Module, recipe: QuantRecipe | None) -> dict:
+    """Size columns of results.json: the fake quantization attached to `module`, or else
+    `recipe`'s plan on it, or float."""
+    plan = fake_quant_specs(module) or (recipe.plan(module) if recipe is not None else {})
+    report = build_report(module, plan, recipe.name if recipe else "float")
+    return {
+        "recipe": recipe.to_dict() if recipe else None,
+        "size_bytes": report.quantized_bytes,
+        "float32_bytes": report.float32_bytes,
+        "effective_bits": report.bits_per_weight,
+        "num_params": report.num_params,
+        "num_quantized": report.num_quantized,
+        "quantized_share": report.quantized_share,
+    }

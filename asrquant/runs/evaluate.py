@@ -1,0 +1,86 @@
+"""`asrquant-eval`: test WER/CER and size of a checkpoint, optionally after PTQ with the
+`quant` recipe (a QAT checkpoint brings its own), or of a packed file (weights kept packed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+
+from asrquant.data.text import normalize_text
+from asrquant.export import export_packed, load_quantized
+from asrquant.lightning.callbacks import report_metrics
+from asrquant.lightning.module import ASRModule
+from asrquant.quant import QuantRecipe, fake_quant_specs, recipe_of_checkpoint
+from asrquant.runs.blocks import (
+    build_datamodule,
+    data_sources,
+    load_checkpoint,
+    make_trainer,
+    module_from_checkpoint,
+    quantization_callbacks,
+    test_set_names,
+)
+from asrquant.runs.common import Run, finish_run, recipe_of, size_fields, start_run
+
+
+def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
+    """Evaluate a checkpoint on the test sets, optionally after PTQ with the `quant` recipe.
+    Writes `run_dir/results.json` (atomically) and returns it."""
+    run = start_run(cfg, run_dir)
+    cfg, run_dir = run.cfg, run.dir
+    recipe = recipe_of(cfg)
+    sources = data_sources({**cfg["data"], "dev_fraction": 0.0})
+    test_names = test_set_names(sources)
+    if cfg.get("packed"):
+        return _eval_packed(run, sources, test_names)
+    if not cfg.get("ckpt"):
+        raise ValueError("ckpt is missing: pass ckpt=/path/to/model.ckpt")
+    ckpt = load_checkpoint(cfg["ckpt"])
+    module = module_from_checkpoint(ckpt, None, run_dir / "predictions", test_names)
+    qat_ckpt = bool(fake_quant_specs(module))
+    if qat_ckpt and recipe is not None:
+        raise ValueError("this checkpoint is quantization-aware (QAT); evaluate it with "
+                         "quant=float (its own recipe is re-attached from the checkpoint)")
+    callbacks = quantization_callbacks(cfg, "ptq")
+    datamodule = build_datamodule(cfg, module.tokenizer, sources,
+                                  cfg["data"].get("eval_policy", "error"))
+    trainer = make_trainer(cfg, run_dir, callbacks, checkpoints=False)
+    trainer.test(module, datamodule=datamodule)
+    results = {"mode": "qat" if qat_ckpt else ("ptq" if recipe else "float"),
+               "ckpt": str(cfg["ckpt"]), "test": dict(module.last_results)}
+    if qat_ckpt:
+        recipe = recipe_of_checkpoint(ckpt)
+    results.update(size_fields(module, recipe))
+    if callbacks and callbacks[0].report is not None:
+        results["quant_metrics"] = report_metrics(callbacks[0].report)
+    if cfg.get("export"):  # the packed file of what was evaluated, and its real size
+        info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors")
+        results["file_bytes"] = info["file_bytes"]
+    return finish_run(run, results)
+
+
+def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
+    """Test WER of a packed safetensors model (asrquant-export), weights kept packed."""
+    cfg = run.cfg
+    if recipe_of(cfg) is not None:
+        raise ValueError("packed= models carry their own recipe: evaluate them with quant=float")
+    module = load_quantized(cfg["packed"])
+    module.normalize = normalize_text
+    module.predictions_dir = run.dir / "predictions"
+    module.set_names["test"] = test_names
+    datamodule = build_datamodule(cfg, module.tokenizer, sources,
+                                  cfg["data"].get("eval_policy", "error"))
+    trainer = make_trainer(cfg, run.dir, [], checkpoints=False)
+    trainer.test(module, datamodule=datamodule)
+    with safe_open(str(cfg["packed"]), "pt") as f:
+        recipe = QuantRecipe.from_dict(json.loads(f.metadata()["recipe"]))
+    results = {"mode": "packed", "packed": str(cfg["packed"]),
+               "file_bytes": Path(cfg["packed"]).stat().st_size,
+               "test": dict(module.last_results)}
+    # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
+    float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
+    results.update(size_fields(float_module, recipe))
+    return finish_run(run, results)
