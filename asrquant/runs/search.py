@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 import yaml
 from safetensors import safe_open
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from asrquant.checks import check_choice, check_number
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import read_utterances
 from asrquant.data.text import normalize_text
@@ -45,8 +43,6 @@ from asrquant.export import load_quantized
 from asrquant.io import atomic_write_json, atomic_write_text, cache_dir
 from asrquant.lightning.metrics import corpus_wer
 from asrquant.lightning.module import ASRModule
-from asrquant.runs.blocks import data_sources, load_checkpoint, module_from_checkpoint
-from asrquant.runs.common import finish_run, plain, start_run
 from asrquant.models.decoding import greedy_ctc_decode
 from asrquant.quant import (
     QuantRecipe,
@@ -68,6 +64,8 @@ from asrquant.quant.allocate import (
     min_total_bytes,
 )
 from asrquant.quant.spec import MAX_BITS, MIN_BITS
+from asrquant.runs.blocks import data_sources, load_checkpoint, module_from_checkpoint
+from asrquant.runs.common import finish_run, plain, start_run
 
 METRICS = ("loss", "wer")
 CACHE_VERSION = 1
@@ -301,10 +299,7 @@ def validate_search_config(cfg) -> dict:
     if len(given) != 1:
         raise ValueError("give exactly one of budget_mb (model size in MB) and budget_bpw "
                          f"(bits per quantized weight); got {given or 'neither'}")
-    value = cfg[given[0]]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{given[0]}={value!r} is invalid; allowed: a finite number > 0")
+    check_number(given[0], cfg[given[0]], gt=0)
     cands = cfg.get("candidates")
     allowed = (f"a non-empty list of distinct bit widths in {MIN_BITS}..{MAX_BITS}, e.g. "
                "[2, 3, 4, 8], optionally with a group size ('2g128') or per channel ('4ch')")
@@ -314,11 +309,8 @@ def validate_search_config(cfg) -> dict:
         candidate_specs(cands, base_spec(cfg))
     except ValueError as e:
         raise ValueError(f"candidates={cands!r} is invalid ({e}); allowed: {allowed}") from None
-    if cfg.get("metric") not in METRICS:
-        raise ValueError(f"metric={cfg.get('metric')!r} is invalid; allowed: {list(METRICS)}")
-    n = cfg.get("dev_utterances")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"dev_utterances={n!r} is invalid; allowed: null (all) or an int >= 1")
+    check_choice("metric", cfg.get("metric"), METRICS)
+    check_number("dev_utterances", cfg.get("dev_utterances"), ge=1, integer=True, none_ok=True)
     name = cfg.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"name={name!r} is invalid; allowed: letters, digits, '_', '-', '.' "
@@ -326,10 +318,7 @@ def validate_search_config(cfg) -> dict:
     out = cfg.get("out")
     if out and Path(out).exists() and not cfg.get("overwrite", False):
         raise ValueError(f"out={out!r} exists; pass overwrite=true to replace it")
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ValueError(f"threads={threads!r} is invalid; allowed: null or an int >= 1")
+    check_number("threads", cfg.get("threads"), ge=1, integer=True, none_ok=True)
     return cfg
 
 
