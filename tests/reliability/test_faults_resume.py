@@ -105,7 +105,7 @@ def test_a_crash_while_writing_leaves_the_old_file_and_no_temporary(tmp_path):
 
 def test_an_export_that_crashes_midway_leaves_no_file_a_loader_would_trust(tmp_path,
                                                                           monkeypatch):
-    import asrquant.export as export
+    import asrquant.export.packed as export
     from asrquant.data.tokenizer import CharTokenizer
     from asrquant.lightning.module import ASRModule
     from asrquant.models.sizes import size_config
