@@ -1,10 +1,26 @@
-"""asrquant-report aggregation: table columns, baselines, Pareto front, failed runs."""
+"""asrquant-report: table columns, baselines, Pareto front, failed runs, run names, the study
+table and findings, plots, and a search's sensitivity table."""
 
 import json
+import re
 
 import pytest
+from omegaconf import OmegaConf
 
-from asrquant.cli.report import build_rows, load_runs, main, pareto_front
+from asrquant.cli.report import main
+from asrquant.quant import QuantSpec
+from asrquant.report import (
+    build_rows,
+    curve_figure,
+    group_size_figure,
+    load_runs,
+    pareto_front,
+    read_overrides_yaml,
+    run_names,
+    sensitivity_table,
+    study_rows,
+    wer_size_figure,
+)
 
 
 def result(mode, name, bits, size, wer, sym=False, gran="group", group=32, clip="none",
@@ -43,7 +59,8 @@ def test_rows_carry_sizes_relative_to_float_and_to_the_best_4_bit_run(sweep):
     assert by["int2 asym g32"]["vs_4bit"] == pytest.approx(0.6)
     assert by["int4 asym g32"]["rel_wer_change"] == pytest.approx(0.1)
     assert by["mixed"]["bits"] == "mixed" and by["float"]["bits"] == 32
-    assert best4["run"] == "2"  # Hydra job folders are named by their number
+    assert best4["folder"] == "2"  # Hydra job folders are named by their number
+    assert best4["run"] == "ptq int4 asym g32"  # mode and recipe: no overrides differ here
     assert [f["_path"] for f in failed] == ["6"]
 
 
@@ -91,8 +108,6 @@ def study_sweep(tmp_path):
 
 
 def test_study_table_has_one_row_per_recipe_with_ptq_and_qat_wer_and_file_size(tmp_path):
-    from asrquant.cli.report import study_rows
-
     rows, base, best4 = study_rows(load_runs(study_sweep(tmp_path)), "test")
     by = {r["recipe"]: r for r in rows}
     assert by["float"]["ptq_wer"] == 0.10 and by["float"]["qat_wer"] == 0.09  # the control
@@ -127,3 +142,184 @@ def test_compare_puts_each_claim_of_two_studies_side_by_side(tmp_path):
     row = next(line for line in out.read_text().splitlines() if "2-bit QAT is lossless" in line)
     one, two = row.split(" | ")[1:3]
     assert "holds" in one and "does not hold here" in two
+
+
+# ------------------------------------------------------------------- run names
+
+def hydra_member(root, num, overrides, exclude=("ckpt",)):
+    """A sweep member's folder as Hydra makes it with subdir `${hydra.job.num}_${hydra.job.
+    override_dirname}` (a '/' inside an override nests folders), with .hydra/overrides.yaml
+    written the way Hydra writes it (OmegaConf.save of the task overrides)."""
+    shown = sorted(o for o in overrides if o.lstrip("+").split("=")[0] not in exclude)
+    folder = root / f"{num}_{','.join(shown)}"
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(list(overrides)), folder / ".hydra" / "overrides.yaml")
+    return folder
+
+
+def test_names_of_a_sweep_with_path_overrides_are_short_and_say_what_differs(tmp_path):
+    extra = "+data.extra_test={a:/long/path/to/voices/x.jsonl,b:/long/path/y.jsonl}"
+    specs = {"int4": dict(bits=4, sym=False), "int8": dict(bits=8, sym=True)}
+    num = 0
+    for quant, spec in specs.items():
+        for seed in (0, 1):
+            folder = hydra_member(tmp_path, num, ["ckpt=/some/path/float.ckpt", extra,
+                                                  f"quant={quant}", f"seed={seed}"])
+            r = result("ptq", quant, spec["bits"], spec["bits"] / 4, 0.1 + num / 100,
+                       sym=spec["sym"])
+            (folder / "results.json").write_text(json.dumps(r))  # no overrides once ok
+            num += 1
+    runs = load_runs(tmp_path)
+    assert [r["_path"] for r in runs] == ["0", "1", "2", "3"]  # not '0/long/path/...'
+    names = sorted(r["_name"] for r in runs)
+    # the recipe says what `quant` ran; seed is the other override that differs; the data
+    # and checkpoint overrides (paths) are the same in every run and name nothing
+    assert names == ["ptq int4 asym g32 seed=0", "ptq int4 asym g32 seed=1",
+                     "ptq int8 sym g32 seed=0", "ptq int8 sym g32 seed=1"]
+    main([str(tmp_path)])
+    md = (tmp_path / "results.md").read_text()
+    cells = [[c.strip(" *") for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| ")]
+    table = [c[0] for c in cells if len(c) == 16 and c[1] == "ptq"]  # the table of every run
+    assert sorted(table) == names
+    assert all("/" not in n and len(n) < 60 for n in table)
+    assert "long/path" not in md and "some/path" not in md
+
+
+def test_a_name_leaves_out_overrides_that_are_paths_or_the_recipe(tmp_path, monkeypatch):
+    data_file = tmp_path / "test.jsonl"
+    data_file.write_text("")
+    runs = [{"status": "ok", "mode": "ptq", "_path": str(i), "_overrides": o,
+             "recipe": {"name": "int2_sym_ch", "rules": [],
+                        "default": {"bits": 2, "symmetric": True, "granularity": "channel",
+                                    "group_size": None}}}
+            for i, o in enumerate([
+                ["quant=int8", "quant.bits=2", f"data.test={data_file}", "init_from=a.ckpt",
+                 "out=x.yaml", "trainer.max_epochs=1", f"tag={data_file.name}", "lm=/lms/a.bin"],
+                ["quant=int4", "quant.bits=2", "data.test=other.jsonl", "init_from=b.ckpt",
+                 "out=y.yaml", "trainer.max_epochs=2", "tag=other.jsonl", "lm=/lms/b.bin"]])]
+    monkeypatch.chdir(tmp_path)  # `tag=test.jsonl` names an existing file from here
+    names = run_names(runs)
+    # quant=int8 quant.bits=2 ran int2: the label says so; the files name nothing
+    assert names == ["ptq int2 sym ch trainer.max_epochs=1",
+                     "ptq int2 sym ch trainer.max_epochs=2"]
+
+
+def test_runs_whose_names_would_collide_get_their_folder(tmp_path):
+    for i in (0, 1):
+        folder = hydra_member(tmp_path, i, [f"ckpt=/ckpts/{i}.ckpt", "quant=int4"])
+        (folder / "results.json").write_text(json.dumps(result("ptq", "int4", 4, 1.0, 0.1)))
+    assert sorted(r["_name"] for r in load_runs(tmp_path)) == [
+        "ptq int4 asym g32 (0)", "ptq int4 asym g32 (1)"]
+
+
+def test_overrides_yaml_reads_back_what_hydra_wrote_quotes_and_folded_lines(tmp_path):
+    overrides = ["+data.extra_test={a:/x/y.jsonl,b:/z.jsonl}", "name='it''s: x'", "y=a: b",
+                 "s='a,b'", "title=" + " ".join(["word"] * 30), "q=\"x\\ty\"", "u=é ü"]
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / "overrides.yaml")
+    assert read_overrides_yaml(tmp_path / "overrides.yaml") == overrides
+
+
+def test_a_recipe_is_labelled_by_its_spec_name_even_from_an_old_results_json(tmp_path):
+    old = {"bits": 3, "symmetric": False, "granularity": "tensor"}  # before clip, dtypes...
+    new = QuantSpec(bits=2, group_size=32, clip="fixed", clip_ratio=0.9,
+                    scale_dtype="bfloat16").to_dict()
+    for name, default in (("old", old), ("new", new)):
+        r = result("ptq", name, default["bits"], 1.0, 0.1)
+        r["recipe"]["default"] = default
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    rows, _, _ = build_rows(load_runs(tmp_path), "test")
+    assert sorted(r["recipe"] for r in rows) == [
+        "int2 asym g32 clip0.9 bfloat16", "int3 asym tensor"]
+    assert QuantSpec.from_dict(new).name() == "int2_asym_g32_clip0.9_bfloat16"  # same fields
+
+
+# ------------------------------------------------------------------- plots
+
+PLAIN_NUMBER = re.compile(r"^(\d+(\.\d+)?)?$")  # '2', '0.5', '' (an unlabelled minor tick)
+
+
+def tick_texts(axis):
+    return [t.get_text() for t in axis.get_ticklabels() + axis.get_ticklabels(minor=True)]
+
+
+def test_wer_against_size_is_drawn_in_percent_and_megabytes_with_plain_ticks():
+    rows = [{"mode": "float", "recipe": "float", "size_mb": 8.0, "wer": 0.054},
+            {"mode": "ptq", "recipe": "int4", "size_mb": 1.0, "wer": 0.06},
+            {"mode": "ptq", "recipe": "int2", "size_mb": 0.6, "wer": 0.30},
+            {"mode": "qat", "recipe": "int2", "size_mb": 0.6, "wer": 0.08}]
+    fig = wer_size_figure(rows, "t")
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith("WER (%") and "MB" in ax.get_xlabel()
+    assert ax.collections[0].get_offsets().tolist() == [[8.0, pytest.approx(5.4)]]  # float
+    for axis in (ax.xaxis, ax.yaxis):
+        texts = tick_texts(axis)
+        assert all(PLAIN_NUMBER.match(t) for t in texts), texts  # not '$2\\times10^{0}$'
+    assert {"0.5", "1", "2", "5"} <= set(tick_texts(ax.xaxis))
+    assert {"10", "20"} <= set(tick_texts(ax.yaxis))
+
+
+def test_group_size_plot_and_learning_curve_draw_wer_in_percent():
+    rows = [{"bits": 2, "ptq_wer": w, "granularity": "group", "group": g, "sym": False,
+             "clip": "none"} for g, w in ((32, 0.08), (64, 0.12), (128, 0.2))]
+    fig = group_size_figure(rows, "t")
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert ax.lines[0].get_ydata().tolist() == pytest.approx([8.0, 12.0, 20.0])
+    assert all(PLAIN_NUMBER.match(t) for t in tick_texts(ax.yaxis)), tick_texts(ax.yaxis)
+    assert "10" in tick_texts(ax.yaxis)
+    curve = [{"epoch": e, "train_loss": 1.0 / (e + 1), "dev_loss": 1.2 / (e + 1),
+              "dev_wer": 0.5 / (e + 1)} for e in range(3)]
+    wer_axis = curve_figure(curve, "t").axes[1]
+    assert wer_axis.get_ylabel() == "dev WER (%)"
+    assert wer_axis.lines[0].get_ydata().tolist() == pytest.approx([50.0, 25.0, 50 / 3])
+
+
+# ------------------------------------------------------------------- search sensitivity
+
+SEARCH = {"dev": {"loss": 0.1}, "groups": [
+    {"name": "ffn", "change": {"2": 0.002, "4": 0.0001},
+     "dev": {"2": {"wer": 0.07}, "4": {"wer": 0.065}}},
+    {"name": "conv", "change": {"2": 0.0127, "2g64": 0.0139, "2g128": 0.0147, "4": -0.0003},
+     "dev": {"2": {"wer": 0.0772}, "2g64": {"wer": 0.0763}, "2g128": {"wer": 0.0781},
+             "4": {"wer": 0.066}}},
+    {"name": "head", "change": {"2": 0.0106, "2g64": 0.0141},
+     "dev": {"2": {"wer": 0.0759}, "2g64": {"wer": 0.083}}},
+]}
+
+
+def test_sensitivity_table_lists_the_largest_dev_loss_increases_first_none_dropped():
+    lines = sensitivity_table(SEARCH, top=5).splitlines()
+    assert lines[:2] == ["| group @ candidate | dev loss change | dev WER |", "|---|---|---|"]
+    # two candidates of one group both in the top five; no row skipped between them
+    assert lines[2:] == ["| conv @ 2g128 | +0.0147 | 7.81% |",
+                         "| head @ 2g64 | +0.0141 | 8.30% |",
+                         "| conv @ 2g64 | +0.0139 | 7.63% |",
+                         "| conv @ 2 | +0.0127 | 7.72% |",
+                         "| head @ 2 | +0.0106 | 7.59% |"]
+    every = sensitivity_table(SEARCH, top=100).splitlines()[2:]
+    assert len(every) == 8 and every[-1] == "| conv @ 4 | -0.0003 | 6.60% |"
+
+
+def test_report_search_prints_and_writes_the_sensitivity_table(tmp_path, capsys):
+    path, out = tmp_path / "search.json", tmp_path / "sens.md"
+    path.write_text(json.dumps(SEARCH))
+    main(["--search", str(path), "--top", "2", "--out", str(out)])
+    assert capsys.readouterr().out == out.read_text() == sensitivity_table(SEARCH, 2)
+    assert out.read_text().count("\n") == 4
+
+
+def test_curve_writes_one_row_per_epoch_and_a_plot(tmp_path):
+    from asrquant.cli.report import curve_main
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss,val/wer,val/cer\n"
+        "0,10,2.0,,,\n0,20,1.0,,,\n0,20,,1.4,0.5,0.25\n1,40,0.5,,,\n1,40,,0.9,0.25,0.125\n")
+    curve_main([str(tmp_path)])
+    lines = (tmp_path / "learning_curve.md").read_text().splitlines()
+    assert lines[2:] == ["| 0 | 20 | 1.500 | 1.400 | 0.5000 | 0.2500 |",
+                         "| 1 | 40 | 0.500 | 0.900 | 0.2500 | 0.1250 |"]
+    assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,124 @@
+"""The paper's claims (Rybakov et al., 2023), each checked against a study table's numbers."""
+
+from __future__ import annotations
+
+import math
+
+
+def _noise_points(wer: float, words: int) -> float:
+    """One binomial standard deviation of a WER measured on `words` words, in points."""
+    p = min(max(wer, 1e-9), 1.0)
+    return 100 * math.sqrt(p * (1 - p) / max(words, 1)) if p < 1 else 0.0
+
+
+def finding_items(rows, base, best4, words: int) -> list[tuple[str, str]]:
+    """(claim, what our numbers say) for each claim of Rybakov et al. (2023); computed."""
+    def find(bits, sym, gran, group, clip):
+        for r in rows:
+            if (r["bits"], r["sym"], r["granularity"], r["group"] or None, r["clip"]) == (
+                    bits, sym, gran, group, clip):
+                return r
+        return None
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    out = []
+    two = [r for r in rows if r["bits"] == 2 and r.get("ptq_wer") is not None]
+    # 1. asymmetric vs symmetric at 2 bits, matched on granularity and clipping
+    pairs = []
+    for a in (r for r in two if r["sym"] is False):
+        s = find(2, True, a["granularity"], a["group"] or None, a["clip"])
+        if s is not None and s.get("ptq_wer") is not None:
+            pairs.append((a, s))
+    if pairs:
+        wins = sum(a["ptq_wer"] < s["ptq_wer"] for a, s in pairs)
+        eg = min(pairs, key=lambda p: p[0]["ptq_wer"])
+        verdict = "holds" if wins == len(pairs) else ("mostly holds" if wins > len(pairs) / 2
+                                                      else "does not hold")
+        out.append(("Asymmetric beats symmetric at 2 bits", f"(paper: yes): {verdict} here: "
+                   f"asymmetric has the lower PTQ WER in {wins} of {len(pairs)} matched pairs "
+                   f"(same granularity and clipping); best pair {eg[0]['recipe']} "
+                   f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}."))
+    # 2. sub-channel vs per-channel
+    pairs = []
+    for c in (r for r in rows if r["granularity"] == "channel" and r.get("ptq_wer") is not None
+              and r["bits"] in (2, 3, 4)):
+        groups = [r for r in rows if r["bits"] == c["bits"] and r["sym"] == c["sym"]
+                  and r["clip"] == c["clip"] and r["granularity"] == "group"
+                  and r.get("ptq_wer") is not None]
+        if groups:
+            g = min(groups, key=lambda r: r["group"])
+            pairs.append((g, c))
+    if pairs:
+        wins = sum(g["ptq_wer"] <= c["ptq_wer"] for g, c in pairs)
+        at2 = [(g, c) for g, c in pairs if c["bits"] == 2]
+        eg = ("; at 2 bits: " + ", ".join(
+            f"{c['recipe']} {pct(c['ptq_wer'])} -> g{g['group']} {pct(g['ptq_wer'])}"
+            for g, c in at2)) if at2 else ""
+        out.append(("Sub-channel (small groups) beats per-channel", f"(paper: yes, at a small "
+                   f"size cost): the smallest group is at least as good as per-channel in "
+                   f"{wins} of {len(pairs)} matched pairs at 2-4 bits{eg}."))
+    # 3. clipping
+    by_bits = {}
+    for r in (r for r in rows if r["clip"] == "mse" and r.get("ptq_wer") is not None):
+        n = find(r["bits"], r["sym"], r["granularity"], r["group"] or None, "none")
+        if n is not None and n.get("ptq_wer") is not None:
+            d = by_bits.setdefault(r["bits"], [0, 0, 0])
+            d[0 if r["ptq_wer"] < n["ptq_wer"] else 1 if r["ptq_wer"] > n["ptq_wer"] else 2] += 1
+    if by_bits:
+        parts = [f"{b} bits: better {d[0]}, worse {d[1]}, equal {d[2]}"
+                 for b, d in sorted(by_bits.items())]
+        out.append(("Clipping (MSE search of the clip range) helps at low bits", "(paper: "
+                   "yes): PTQ WER with mse clipping against none, matched pairs, "
+                   + "; ".join(parts) + "."))
+    # 4. lossless 2-bit with QAT
+    qat2 = [r for r in two if r.get("qat_wer") is not None]
+    control = base.get("qat_wer") if base else None
+    if qat2 and control is not None:
+        r = min(qat2, key=lambda r: r["qat_wer"])
+        diff = 100 * (r["qat_wer"] - control)
+        noise = _noise_points(control, words)
+        verdict = ("holds (within one standard deviation)" if diff <= noise
+                   else "does not hold here")
+        out.append(("2-bit QAT is lossless", f"(paper: yes, on LibriSpeech): {verdict}: "
+                   f"{r['recipe']} after QAT {pct(r['qat_wer'])} against the float control "
+                   f"{pct(control)} fine-tuned for the same steps ({diff:+.2f} points; one "
+                   f"standard deviation {noise:.2f}); PTQ of the same recipe "
+                   f"{pct(r.get('ptq_wer'))}."))
+    # 5. size against 4-bit
+    if best4 and two:
+        cand = qat2 or two
+        key = "qat_wer" if qat2 else "ptq_wer"
+        r = min(cand, key=lambda r: r[key])
+        saved = 1 - r["size_bytes"] / best4["size_bytes"]
+        out.append(("2-bit is about a third smaller than the best 4-bit model", f"(paper: "
+                   f"32%): {r['recipe']} is {r['size_mb']:.3f} MB against {best4['recipe']} "
+                   f"{best4['size_mb']:.3f} MB: {100 * saved:.1f}% smaller (at WER "
+                   f"{pct(r[key])} vs {pct(best4.get('ptq_wer'))})."))
+    # 6. mixed precision search against uniform recipes at equal size
+    mixed = [r for r in rows if r["bits"] == "mixed" and r.get("ptq_wer") is not None]
+    for m in mixed:
+        near = [r for r in rows if r["bits"] in (2, 3, 4) and r.get("ptq_wer") is not None
+                and r["size_bytes"] <= m["size_bytes"] * 1.02]
+        as_good = [r for r in rows if r["bits"] in (2, 3, 4, 8)
+                   and r.get("ptq_wer") is not None and r["ptq_wer"] <= m["ptq_wer"]]
+        if near:
+            u = min(near, key=lambda r: r["ptq_wer"])
+            text = (f"({m['size_mb']:.3f} MB): PTQ {pct(m['ptq_wer'])} against the best "
+                    f"uniform recipe no larger than it (+2%), {u['recipe']} "
+                    f"({u['size_mb']:.3f} MB) {pct(u['ptq_wer'])}")
+            if as_good:
+                g = min(as_good, key=lambda r: r["size_bytes"])
+                text += (f"; the smallest uniform recipe at least as good is {g['recipe']} "
+                         f"({g['size_mb']:.3f} MB, {pct(g['ptq_wer'])})")
+            out.append((f"Mixed precision {m['recipe']}", text + "."))
+    return out
+
+
+def findings(rows, base, best4, words: int) -> str:
+    lines = ["Each line below is computed by asrquant-report from the table above. Noise: one "
+             f"binomial standard deviation of a WER w on {words} words is "
+             f"100*sqrt(w(1-w)/{words}) points.", ""]
+    lines += [f"- **{claim}** {text}" for claim, text in finding_items(rows, base, best4, words)]
+    return "\n".join(lines) + "\n"
