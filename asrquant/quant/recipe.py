@@ -297,10 +297,9 @@ def recipe_from_config(cfg: dict) -> QuantRecipe:
     rules = []
     for i, r in enumerate(rule_cfgs):
         r = dict(r)
-        extra = sorted(set(r) - rule_keys)
-        if "pattern" not in r or extra:
-            raise ValueError(f"quant.rules[{i}]={r!r} is invalid: needs 'pattern'; "
-                             f"unknown key(s) {extra}; allowed: {sorted(rule_keys)}")
+        check_keys(f"quant.rules[{i}]", r, rule_keys)
+        if "pattern" not in r:
+            raise ValueError(f"quant.rules[{i}]={r!r} is invalid: needs 'pattern'")
         pattern = r.pop("pattern")
         only = bool(r.pop("candidates_only", True))
         if r.pop("float", False):
