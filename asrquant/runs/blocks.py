@@ -254,9 +254,7 @@ def quantization_callbacks(cfg: dict, mode: str) -> list[QuantizationCallback]:
                                  **extra)]
 
 
-
-
-def test_set_names(sources: dict) -> list[str]:
+def names_of_test_sets(sources: dict) -> list[str]:
     """Names of the test sets of `data_sources`, in test_dataloader order."""
     return (["test"] if sources["test"] is not None else []) + list(sources["extra_test"])
 

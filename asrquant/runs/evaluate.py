@@ -20,8 +20,8 @@ from asrquant.runs.blocks import (
     load_checkpoint,
     make_trainer,
     module_from_checkpoint,
+    names_of_test_sets,
     quantization_callbacks,
-    test_set_names,
 )
 from asrquant.runs.common import Run, finish_run, recipe_of, size_fields, start_run
 
@@ -33,7 +33,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     cfg, run_dir = run.cfg, run.dir
     recipe = recipe_of(cfg)
     sources = data_sources({**cfg["data"], "dev_fraction": 0.0})
-    test_names = test_set_names(sources)
+    test_names = names_of_test_sets(sources)
     if cfg.get("packed"):
         return _eval_packed(run, sources, test_names)
     if not cfg.get("ckpt"):

@@ -23,8 +23,8 @@ from asrquant.runs.blocks import (
     make_trainer,
     model_config_of,
     module_from_checkpoint,
+    names_of_test_sets,
     optim_kwargs,
-    test_set_names,
 )
 from asrquant.runs.common import finish_run, recipe_of, size_fields, start_run
 
@@ -38,7 +38,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     sources = data_sources(cfg["data"])
     optim = optim_kwargs(cfg.get("optim") or {})
     predictions = run_dir / "predictions"
-    test_names = test_set_names(sources)
+    test_names = names_of_test_sets(sources)
 
     last = run_dir / "checkpoints" / "last.ckpt"
     # Read (safely, weights_only) before anything else: it fixes the tokenizer of a resumed run.
