@@ -37,6 +37,7 @@ class Utterance:
     audio_path: str
     text: str  # raw transcript, as found in the corpus
     duration: float | None = None  # seconds; None until known
+    speaker: str | None = None  # a manifest's "speaker" field, LibriSpeech's speaker id
 
     def load_audio(self, target_sr: int = SAMPLE_RATE, resample: bool = True) -> torch.Tensor:
         return read_audio(self.audio_path, target_sr, resample)
@@ -113,7 +114,8 @@ def librispeech_utterances(root: str | os.PathLike, splits: Iterable[str]) -> It
                         continue
                     utt_id, _, text = line.strip().partition(" ")
                     audio_path = transcript_file.parent / f"{utt_id}.flac"
-                    yield Utterance(utt_id, str(audio_path), text.strip())
+                    yield Utterance(utt_id, str(audio_path), text.strip(),
+                                    speaker=utt_id.split("-", 1)[0])
 
 
 def manifest_utterances(
@@ -122,7 +124,8 @@ def manifest_utterances(
     """Yields the utterances of a NeMo-style JSONL manifest.
 
     Each line is a JSON object with "audio_filepath" (relative paths are resolved against the
-    manifest's folder), "duration" (seconds) and "text"; other keys are ignored. The utterance id
+    manifest's folder), "duration" (seconds) and "text", optionally "speaker"; other keys are
+    ignored. The utterance id
     is the "id" key if present, else the audio path relative to the manifest folder without its
     extension. Bad lines (not JSON, missing key, empty transcript) raise BadDataError naming the
     manifest and line number, or are skipped and recorded in `report`, per `policy`.
@@ -167,7 +170,9 @@ def manifest_utterances(
                 error = BadDataError(f"{where}: duration {entry['duration']!r} is not a number")
                 handle_bad_data(policy, report, utt_id, error)
                 continue
-            yield Utterance(utt_id, str(audio_path), text, duration)
+            speaker = entry.get("speaker")
+            yield Utterance(utt_id, str(audio_path), text, duration,
+                            None if speaker is None else str(speaker))
 
 
 def read_utterances(

@@ -40,15 +40,44 @@ def data_kind(data: dict) -> str:
     return kind
 
 
-def _split_dev(utterances, fraction: float):
-    """Deterministic dev split carved out of training data by a hash of each utterance id."""
-    def in_dev(u):
-        h = int(hashlib.sha1(u.id.encode()).hexdigest()[:8], 16)
-        return h % 10_000 < fraction * 10_000
+DEV_SPLITS = ("utterance", "speaker")
 
-    dev = [u for u in utterances if in_dev(u)]
-    train = [u for u in utterances if not in_dev(u)]
-    return train, dev
+
+def _in_share(key: str, fraction: float) -> bool:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 10_000 < fraction * 10_000
+
+
+def dev_split_of(data: dict) -> str:
+    by = data.get("dev_split", "utterance")
+    check_choice("data.dev_split", by, DEV_SPLITS)
+    return by
+
+
+def split_dev(utterances, fraction: float, by: str = "utterance", seed: int = 0):
+    """(train, dev) carved deterministically out of training data.
+
+    by="utterance": each utterance is dev with probability `fraction` (a hash of its id).
+    by="speaker": whole speakers are dev, round(fraction * speakers) of them (at least one),
+    picked by a hash of the speaker with `seed`, so no dev speaker is heard in training:
+    a speaker-independent dev WER. Needs every utterance's `speaker` (a manifest's "speaker"
+    field)."""
+    if by == "utterance":
+        dev = {u.id for u in utterances if _in_share(u.id, fraction)}
+    else:
+        missing = [u.id for u in utterances if not u.speaker]
+        if missing:
+            raise ValueError(f"data.dev_split='speaker' needs a speaker for every training "
+                             f"utterance; {len(missing)} have none (e.g. {missing[:3]}): add a "
+                             "\"speaker\" field to the manifest, or use dev_split=utterance")
+        speakers = sorted({u.speaker for u in utterances})
+        ranked = sorted(speakers, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+        n_dev = max(1, round(fraction * len(speakers)))
+        if n_dev >= len(speakers):
+            raise ValueError(f"data.dev_fraction={fraction} leaves no training speaker out of "
+                             f"{len(speakers)}; allowed: a share that keeps some for training")
+        dev_speakers = set(ranked[:n_dev])
+        dev = {u.id for u in utterances if u.speaker in dev_speakers}
+    return ([u for u in utterances if u.id not in dev], [u for u in utterances if u.id in dev])
 
 
 def data_sources(data: dict) -> dict[str, Any]:
@@ -80,7 +109,8 @@ def data_sources(data: dict) -> dict[str, Any]:
         # end with the rest (build_datamodule takes over this report).
         report = BadDataReport()
         utterances = read_utterances(sources["train"], data.get("policy", "skip"), report)
-        train, dev = _split_dev(utterances, fraction)
+        train, dev = split_dev(utterances, fraction, dev_split_of(data),
+                               int(data.get("dev_seed", 0)))
         sources["train"], sources["val"], sources["bad_data"] = train, dev, report
     return sources
 

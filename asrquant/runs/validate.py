@@ -19,7 +19,13 @@ from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import check_policy
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
-from asrquant.runs.blocks import data_kind, model_config_of, optim_kwargs, tokenizer_kind
+from asrquant.runs.blocks import (
+    data_kind,
+    dev_split_of,
+    model_config_of,
+    optim_kwargs,
+    tokenizer_kind,
+)
 from asrquant.runs.common import plain, recipe_of
 
 
@@ -29,6 +35,7 @@ def validate_config(cfg, kind: str):
     recipe = recipe_of(cfg)  # QuantSpec / recipe validation
     data = cfg.get("data") or {}
     data_kind(data)
+    dev_split_of(data)
     with config_key("data."):
         ASRDataModule(CharTokenizer(), policy=data.get("policy", "skip"),
                       max_batch_seconds=data.get("max_batch_seconds", 60))
