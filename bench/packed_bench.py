@@ -1,7 +1,7 @@
 """Packed models against float32, one process, fixed threads. Prints JSON.
 
     python bench/packed_bench.py [--size cpu] [--ckpt best.ckpt] [--utterances 20]
-                                 [--threads 2] [--group-size 128]
+                                 [--threads 2] [--group-size 128] [--manifest test.jsonl]
 
 For float32 and packed int4 / int2 (asymmetric, groups of --group-size, every Linear and
 Conv quantized; float16 scales, zero points in float16 or, for the *_zpu8 models, uint8):
@@ -12,11 +12,16 @@ one, median over the same utterances, the models taking turns).
 Targets (issue 5): int2 file <= 1/14 of float32 at group 128; int2 latency <= 1.5x float32
 (checked on int2_zpu8, the smaller file; both int2 models decode the same codes).
 Without --ckpt a randomly initialised model of --size is used (sizes and latency do not
-depend on training). Utterances come from the synthetic corpus if it is cached, else noise.
+depend on training). The timed audio: the first --utterances of --manifest (a JSONL
+manifest, e.g. ../shared/data/an4/test.jsonl), or else the test split of a small synthetic
+corpus (--utterances test utterances, seed 0) under $ASRQUANT_CACHE/synthetic (default
+~/.cache/asrquant/synthetic), built there in seconds if it is missing. Never noise: with no
+audio the bench stops and says why. The JSON's `audio` names what was timed.
 """
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -29,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+from asrquant.data.audio import SAMPLE_RATE
+from asrquant.data.readers import manifest_utterances
+from asrquant.data.synthetic import build_synthetic_corpus, default_cache_dir
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import export_packed, load_quantized
 from asrquant.lightning.module import ASRModule
@@ -69,19 +77,37 @@ def model_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def utterances(n: int, seed: int = 0) -> list[torch.Tensor]:
-    try:
-        from asrquant.data.readers import manifest_utterances
+class NoAudioError(RuntimeError):
+    pass
 
-        root = Path.home() / ".cache" / "asrquant" / "synthetic"
-        manifests = sorted(root.glob("*/test.jsonl"))
-        if manifests:
-            utts = list(manifest_utterances(manifests[0]))[:n]
-            return [u.load_audio(16000, True) for u in utts]
-    except Exception:  # noqa: BLE001 - fall back to noise, the timing is what matters
-        pass
-    g = torch.Generator().manual_seed(seed)
-    return [0.1 * torch.randn(int(16000 * (2 + i % 3)), generator=g) for i in range(n)]
+
+def utterances(n: int, manifest: str | None = None) -> tuple[list[torch.Tensor], dict]:
+    """The first `n` utterances of `manifest`, or of the test split of the small synthetic
+    corpus (built into the package's cache folder when missing), as 16 kHz waveforms, and a
+    description of them for the results: manifest path, utterances, total seconds."""
+    if manifest is None:
+        where = default_cache_dir()
+        try:
+            manifest = build_synthetic_corpus(where, n_train=0, n_dev=0, n_test=n,
+                                              n_test_voices=0, progress=False)["test"]
+        except Exception as e:
+            raise NoAudioError(
+                f"no audio to time: --manifest not given, and building the synthetic corpus in "
+                f"{where} ($ASRQUANT_CACHE/synthetic, default ~/.cache/asrquant/synthetic) "
+                f"failed ({type(e).__name__}: {e}); pass --manifest PATH (a JSONL manifest, "
+                f"e.g. ../shared/data/an4/test.jsonl) or point ASRQUANT_CACHE at a writable "
+                f"folder") from e
+        source = "synthetic corpus (test split, seed 0)"
+    elif not Path(manifest).is_file():
+        raise NoAudioError(f"no audio to time: --manifest {manifest} is not a file")
+    else:
+        source = "--manifest"
+    utts = list(itertools.islice(manifest_utterances(manifest), n))
+    if not utts:
+        raise NoAudioError(f"no audio to time: manifest {manifest} has no utterances")
+    audio = [u.load_audio(SAMPLE_RATE, True) for u in utts]
+    return audio, {"source": source, "manifest": str(manifest), "utterances": len(audio),
+                   "seconds": round(sum(a.numel() for a in audio) / SAMPLE_RATE, 3)}
 
 
 def latencies_ms(modules: dict, audio, rounds: int = 3) -> dict:
@@ -108,6 +134,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--manifest", default=None,
+                    help="JSONL manifest of the audio to time (default: the synthetic corpus)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -125,9 +153,13 @@ def main():
         ckpt = {"state_dict": m.state_dict(), "model_config": cfg.to_dict(),
                 "tokenizer_state": tok.to_state()}
         del m
-    audio = [] if args.no_latency else utterances(args.utterances)
+    try:
+        audio, timed = ([], None) if args.no_latency else utterances(args.utterances,
+                                                                     args.manifest)
+    except NoAudioError as e:
+        sys.exit(str(e))
     results = {"size": args.size, "ckpt": args.ckpt, "threads": args.threads,
-               "utterances": len(audio), "group_size": args.group_size,
+               "audio": timed, "group_size": args.group_size,
                "torch": torch.__version__, "machine": platform.machine(), "models": {}}
     loaded = {}
     with tempfile.TemporaryDirectory() as tmp:

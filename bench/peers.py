@@ -24,6 +24,10 @@ Rows (all post-training, no calibration data, no fine-tuning):
     float16 scales on exactly the layers that peer row quantized (QuantRule per weight), with
     clip=none (min-max, as the peers) and, for 2 bits, clip=mse.
   - asrquant recipes: conf/quant/*.yaml as shipped (all Linear, Conv and attention weights).
+  Every asrquant row is measured on its packed export (asrquant.export_packed, kept in
+  <out>/packed/), loaded back with asrquant.load_quantized: WER decoded from that model,
+  `held_bytes` the bytes its parameters and packed codes, scales and zero points take as
+  loaded, `file_bytes` the file's size; `size_bytes` is the predicted count (QuantReport).
 
 Sizes count parameters only (buffers such as feature statistics are left out, as in
 asrquant's own reports): quantized weights at their code width densely packed
@@ -42,6 +46,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,18 +56,18 @@ from torch import nn
 
 from asrquant import load_quantized
 from asrquant.data.text import normalize_text
+from asrquant.export import export_packed
 from asrquant.lightning.metrics import corpus_cer, corpus_wer
 from asrquant.models.decoding import greedy_ctc_decode
 from asrquant.quant import (
     QuantRecipe,
     QuantRule,
     QuantSpec,
-    attach_fake_quant,
-    detach_fake_quant,
+    build_report,
     recipe_from_config,
 )
+from asrquant.quant.packed import PackedWeight
 
-ROOT = Path(__file__).resolve().parents[1]
 OUR_RECIPES = ("int4_asym_g128", "int2_asym_g32", "int2_asym_g32_mse", "mixed_attn4_rest2")
 
 
@@ -211,13 +216,26 @@ def quanto_quantize(module, bits: int) -> dict:
             "group_size": group}
 
 
-def ours_quantize(module, recipe: QuantRecipe) -> dict:
-    report = attach_fake_quant(module, recipe, strict=True)
-    detach_fake_quant(module, bake=True)
-    t = report.totals()
+def packed_param_bytes(module: nn.Module) -> int:
+    """Bytes a loaded packed model holds for its weights: float parameters plus the packed
+    codes, scales and zero points (other buffers, e.g. feature statistics, left out)."""
+    packed = sum(_nbytes(b) for m in module.modules() if isinstance(m, PackedWeight)
+                 for b in m.buffers(recurse=False))
+    return packed + sum(_nbytes(p) for p in module.parameters())
+
+
+def ours_quantize(module, recipe: QuantRecipe, path: Path) -> tuple[nn.Module, dict]:
+    """`module` exported packed with `recipe` to `path` and loaded back: the model the row
+    decodes, and its layers, predicted size, measured bytes in memory and file size."""
+    report = build_report(module, recipe.plan(module, strict=True), recipe.name)
+    ckpt = {"state_dict": module.state_dict(), "model_config": module.hparams["model_config"],
+            "tokenizer_state": module.tokenizer.to_state()}
+    export_packed(ckpt, recipe, path)
+    packed = load_quantized(path)
     layers = sorted(r.name.rpartition(".")[0] for r in report.quantized_rows)
-    return {"layers": layers, "size_bytes": t["quantized_bytes"],
-            "held_bytes": t["quantized_bytes"]}
+    return packed, {"layers": layers, "size_bytes": report.quantized_bytes,
+                    "held_bytes": packed_param_bytes(packed),
+                    "file_bytes": path.stat().st_size, "file": str(path)}
 
 
 def like_for_like(layers: list[str], bits: int, group: int | None, clip: str = "none",
@@ -230,10 +248,15 @@ def like_for_like(layers: list[str], bits: int, group: int | None, clip: str = "
 
 
 def our_recipe(name: str) -> QuantRecipe:
-    import yaml
+    """conf/quant/<name>.yaml as the commands compose it (on top of conf/quant/_base.yaml)."""
+    from hydra import compose, initialize_config_dir
 
-    return recipe_from_config(yaml.safe_load((ROOT / "conf" / "quant" / f"{name}.yaml")
-                                             .read_text()))
+    from asrquant.cli.common import CONF_DIR
+    from asrquant.runs.common import plain
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = plain(compose(config_name="eval", overrides=[f"quant={name}"]))
+    return recipe_from_config(cfg["quant"])
 
 
 # --------------------------------------------------------------------------------- main
@@ -286,12 +309,15 @@ def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None =
     batches = test_batches(overrides, base.tokenizer, max_utts)
     layer_sets: dict[tuple, list[str]] = {}
     results = []
+    (out_dir / "packed").mkdir(parents=True, exist_ok=True)
     for name, library, kind, args in plan_rows(versions):
         if only and only not in name:
             continue
         t0 = time.perf_counter()
         module = copy.deepcopy(base)
         row = {"row": name, "library": library}
+        packed_file = out_dir / "packed" / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+                                            + ".safetensors")
         try:
             if kind == "float":
                 info = {"layers": [], "size_bytes": _float_bytes(module, set())}
@@ -310,9 +336,10 @@ def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None =
                 if not layers:
                     info = {"layers": []}
                 else:
-                    info = ours_quantize(module, like_for_like(layers, bits, group, clip, name))
+                    module, info = ours_quantize(
+                        module, like_for_like(layers, bits, group, clip, name), packed_file)
             else:
-                info = ours_quantize(module, our_recipe(*args))
+                module, info = ours_quantize(module, our_recipe(*args), packed_file)
             row.update({k: v for k, v in info.items() if k != "layers"})
             row["layers"] = len(info["layers"])
             row["quantized_layers"] = info["layers"]
@@ -378,8 +405,11 @@ def markdown(report: dict) -> str:
         "Size: parameters only; quantized weights at their code width, densely packed, plus "
         "scales and zero points at the dtype each library stores them in; other parameters at "
         "float32. `held in memory`: what the library keeps (torchao's "
-        "IntxUnpackedToInt8Tensor holds one int8 per code; HQQ and quanto pack the codes; "
-        "asrquant's row is its packed export). `layers`: how "
+        "IntxUnpackedToInt8Tensor holds one int8 per code; HQQ and quanto pack the codes). "
+        "asrquant's rows are measured on their packed export, loaded back with "
+        "asrquant.load_quantized: `held in memory` is the bytes its parameters and packed "
+        "codes, scales and zero points take as loaded, and the WER is decoded from it "
+        "(the files: `packed/`). `layers`: how "
         "many weights the row quantized; peers quantize nn.Linear layers only (torchao: "
         "in_features divisible by the group size; none of them: the attention out_proj).\n"
     )

@@ -45,8 +45,10 @@ def main(argv=None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
-    import yaml
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
+    from asrquant.cli.common import CONF_DIR
     from asrquant.data.tokenizer import CharTokenizer
     from asrquant.lightning.module import ASRModule
     from asrquant.models.sizes import size_config
@@ -54,8 +56,9 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    conf = Path(__file__).resolve().parents[1] / "conf" / "quant" / f"{args.recipe}.yaml"
-    recipe = recipe_from_config(yaml.safe_load(conf.read_text()))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):  # with quant/_base
+        quant = compose(config_name="eval", overrides=[f"quant={args.recipe}"]).quant
+    recipe = recipe_from_config(OmegaConf.to_container(quant, resolve=True))
     out = {"bench": "ptq_memory", "size": args.size, "recipe": recipe.name,
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),

@@ -337,7 +337,7 @@ def test_transcribe_matches_decoding_each_utterance_alone():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(schedule="linear"), r"unknown schedule 'linear'; allowed: \['noam', 'cosine'\]"),
+        (dict(schedule="linear"), r"schedule='linear' is invalid; allowed: \['noam', 'cosine'\]"),
         (dict(min_lr_ratio=1.5), "min_lr_ratio=1.5"),
         (dict(warmup_steps=10, total_steps=5), "total_steps=5 must be > warmup_steps=10"),
     ],

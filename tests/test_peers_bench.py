@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from asrquant.data.tokenizer import CharTokenizer
+from asrquant.export import export_packed, load_quantized
 from asrquant.lightning.module import ASRModule
 from asrquant.models.sizes import size_config
+from asrquant.quant import attach_fake_quant, detach_fake_quant
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("peers", ROOT / "bench" / "peers.py")
@@ -33,7 +36,7 @@ def batches():
                       "texts": ["one two", "three"]}]}
 
 
-def test_torchao_rows_quantize_supported_linears_and_count_bytes():
+def test_torchao_rows_quantize_supported_linears_and_count_bytes(tmp_path):
     m = tiny_module()
     layers = peers.linear_layers(m)
     assert not any(n.endswith("self_attn.out_proj") for n in layers)
@@ -42,11 +45,11 @@ def test_torchao_rows_quantize_supported_linears_and_count_bytes():
                                   for n in info["layers"])
     float_bytes = sum(p.numel() * 4 for p in tiny_module().parameters())
     assert info["size_bytes"] < info["held_bytes"] < float_bytes
-    out = peers.evaluate(m, batches())
-    assert out["test"]["words"] == 3 and 0 <= out["test"]["wer"]
+    assert peers.evaluate(m, batches())["test"]["words"] == 3
     # ours on exactly those layers: same bits and groups, float16 scales and zero points
     ours = tiny_module()
-    o = peers.ours_quantize(ours, peers.like_for_like(info["layers"], 2, 32))
+    _, o = peers.ours_quantize(ours, peers.like_for_like(info["layers"], 2, 32),
+                               tmp_path / "ours.safetensors")
     assert sorted(o["layers"]) == sorted(info["layers"])
     n_q = sum(m.get_submodule(n).weight.numel() for n in info["layers"])
     n_groups = n_q // 32
@@ -63,15 +66,89 @@ def test_optional_peers(peer):
     assert peers.evaluate(m, batches())["test"]["utterances"] == 2
 
 
-def test_the_script_writes_markdown_and_json(tmp_path, monkeypatch):
-    model = tmp_path / "m.safetensors"
-    monkeypatch.setattr(peers, "load_quantized", lambda path: tiny_module())
+class Scripted:
+    """Stands in for an ASRModule whose model emits frames that greedy-decode to `hyps`;
+    frames past each utterance's length decode to "x" (counted only if lengths are ignored)."""
+
+    def __init__(self, hyps: list[str]):
+        self.tokenizer = CharTokenizer()
+        paths = [[i for c in h for i in (self.tokenizer.encode(c)[0], 0)] for h in hyps]
+        frames = max(map(len, paths)) + 4
+        x = self.tokenizer.encode("x")[0]
+        self.log_probs = torch.zeros(len(hyps), frames, self.tokenizer.vocab_size)
+        for b, path in enumerate(paths):
+            ids = path + [x] * (frames - len(path))
+            self.log_probs[b, torch.arange(frames), torch.tensor(ids)] = 1.0
+        self.lens = torch.tensor([len(p) for p in paths])
+
+    def eval(self):
+        return self
+
+    def model(self, audio, audio_lens):
+        return self.log_probs, self.lens
+
+
+def test_evaluate_scores_the_corpus_as_asrquant_eval_does():
+    split = {"test": [{"audio": None, "audio_lens": None, "texts": ["One, TWO!", "three"]}]}
+    out = peers.evaluate(Scripted(["one too", "three"]), split)["test"]
+    # one word of three wrong (corpus WER, not the mean of 1/2 and 0); one character of 12
+    # (spaces count) wrong; the transcripts normalised before scoring
+    assert out == {"wer": 1 / 3, "cer": 1 / 12, "words": 3, "utterances": 2}
+
+
+def talking_module():
+    """tiny_module with the blank made unlikely: it emits characters, so error rates depend
+    on every weight (an all-blank model scores 100% whatever its weights)."""
+    m = tiny_module()
+    with torch.no_grad():
+        m.model.ctc_head.bias[0] = -100.0
+    return m
+
+
+def float_file(path: Path) -> Path:
+    m = talking_module()
+    export_packed({"state_dict": m.state_dict(), "model_config": m.hparams["model_config"],
+                   "tokenizer_state": m.tokenizer.to_state()}, None, path)
+    return path
+
+
+def weight_bytes_in_file(path: Path, model) -> int:
+    """Bytes of the file's packed weights (codes, scales, zero points) and float parameters,
+    read from the file itself; buffers such as the feature statistics left out."""
+    params = {f"{n}" for n, _ in model.named_parameters()}
+    with safe_open(str(path), framework="pt") as f:
+        return sum(t.numel() * t.element_size()
+                   for k in f.keys() if "::" in k or k in params for t in [f.get_tensor(k)])
+
+
+def test_asrquant_rows_are_measured_on_their_packed_files(tmp_path, monkeypatch):
     monkeypatch.setattr(peers, "test_batches", lambda overrides, tok, n: batches())
-    peers.main(["--model", str(model), "--out", str(tmp_path / "out"), "--only", "int2 ch"])
-    report = json.loads((tmp_path / "out" / "peers.json").read_text())
+    out = tmp_path / "out"
+    peers.main(["--model", str(float_file(tmp_path / "m.safetensors")), "--out", str(out),
+                "--only", "int2 ch"])
+    report = json.loads((out / "peers.json").read_text())
     rows = {r["row"]: r for r in report["rows"]}
     assert rows["torchao int2 ch"]["status"] == "ok"
-    assert rows["asrquant int2 ch (torchao's layers)"]["layers"] == rows["torchao int2 ch"][
-        "layers"]
-    md = (tmp_path / "out" / "peers.md").read_text()
+    torchao_layers = rows["torchao int2 ch"]["quantized_layers"]
+    for name, clip in (("asrquant int2 ch (torchao's layers)", "none"),
+                       ("asrquant int2 ch mse (torchao's layers)", "mse")):
+        row = rows[name]
+        assert row["status"] == "ok" and row["quantized_layers"] == sorted(torchao_layers)
+        file = Path(row["file"])
+        assert file.parent == out / "packed" and row["file_bytes"] == file.stat().st_size
+        assert row["held_bytes"] == weight_bytes_in_file(file, tiny_module())
+        assert row["held_bytes"] == row["size_bytes"]  # the prediction holds
+        # the file holds the fake-quantized model, and the row's scores are that model's
+        fake = talking_module()
+        attach_fake_quant(fake, peers.like_for_like(torchao_layers, 2, None, clip), strict=True)
+        detach_fake_quant(fake, bake=True)
+        audio = batches()["test"][0]
+        with torch.no_grad():
+            expected = fake.model(audio["audio"], audio["audio_lens"])[0]
+            assert torch.equal(load_quantized(file).model(audio["audio"], audio["audio_lens"])[0],
+                               expected)
+        assert expected.argmax(-1).ne(0).any()  # it emits characters: the scores see the weights
+        assert row["test"] == peers.evaluate(fake, batches())
+    md = (out / "peers.md").read_text()
     assert "| torchao int2 ch |" in md and "test WER" in md
+    assert "measured on their packed export" in md

@@ -1,15 +1,25 @@
-"""conf/quant/*.yaml: every recipe file builds a recipe that applies to a real Conformer."""
+"""conf/quant/*.yaml: every recipe file builds a recipe that applies to a real Conformer.
+Recipes are read as Hydra composes them (each starts from conf/quant/_base.yaml, which is
+not a recipe: names starting with '_' are left out)."""
 
 from pathlib import Path
 
 import pytest
 import torchaudio
-import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from asrquant.quant import QuantSpec, attach_fake_quant, canonical_name, recipe_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "quant"
-FILES = sorted(CONF.glob("*.yaml"))
+FILES = sorted(p for p in CONF.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def recipe_config(name: str) -> dict:
+    """The `quant` node of conf/eval.yaml with quant=<name>, as the commands see it."""
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"quant={name}"])
+    return OmegaConf.to_container(cfg.quant, resolve=True)
 
 
 def test_the_papers_recipe_space_is_there():
@@ -20,7 +30,7 @@ def test_the_papers_recipe_space_is_there():
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_each_recipe_file_builds_and_attaches(path):
-    cfg = yaml.safe_load(path.read_text())
+    cfg = recipe_config(path.stem)
     recipe = recipe_from_config(cfg)
     assert recipe.name == (path.stem if cfg.get("rules") else canonical_name(recipe.default))
     model = torchaudio.models.Conformer(input_dim=16, num_heads=2, ffn_dim=32, num_layers=1,
@@ -59,6 +69,6 @@ def test_bad_recipe_configs_name_the_key_and_value(cfg, needle):
 
 
 def test_overridden_fields_rename_the_recipe():
-    cfg = yaml.safe_load((CONF / "int8.yaml").read_text())
+    cfg = recipe_config("int8")
     assert recipe_from_config(cfg).name == "int8_sym_ch"
     assert recipe_from_config({**cfg, "bits": 3, "clip": "mse"}).name == "int3_sym_ch_mse"
