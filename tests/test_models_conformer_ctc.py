@@ -196,5 +196,6 @@ def test_config_rejects_bad_values_naming_them(overrides, message):
 
 
 def test_config_from_dict_rejects_unknown_keys_listing_allowed_ones():
-    with pytest.raises(ValueError, match=r"unknown ConformerCTCConfig keys \['d_modle'\].*d_model"):
+    with pytest.raises(ValueError, match=r"ConformerCTCConfig got unknown key\(s\) \['d_modle'\]; "
+                                          r"allowed: \[.*'d_model'"):
         ConformerCTCConfig.from_dict({**TINY, "d_modle": 8})

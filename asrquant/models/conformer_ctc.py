@@ -20,6 +20,7 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.conformer import ConformerLayer
 
+from asrquant.checks import check_keys
 from asrquant.data.audio import SAMPLE_RATE
 
 N_FFT = 400  # 25 ms window
@@ -90,10 +91,7 @@ class ConformerCTCConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ConformerCTCConfig:
-        allowed = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown ConformerCTCConfig keys {unknown}; allowed: {allowed}")
+        check_keys("ConformerCTCConfig", values, (f.name for f in dataclasses.fields(cls)))
         return cls(**values)
 
 
