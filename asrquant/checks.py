@@ -4,6 +4,8 @@ allowed. Each rule of the package calls these instead of writing its own message
     check_keys("optim", {"lrr": 1}, {"lr", ...})
         -> ValueError: optim got unknown key(s) ['lrr']; allowed: ['lr', ...]
     check_number("lr", -1, gt=0)   -> ValueError: lr=-1 is invalid; allowed: a number > 0
+    check_number("bits", 9, ge=1, le=8, integer=True)
+        -> ValueError: bits=9 is invalid; allowed: an int in 1..8
 
 Standard library only (asrquant.quant uses it and imports torch alone).
 """
@@ -47,6 +49,8 @@ def check_number(where: str, value, *, gt: float | None = None, ge: float | None
     bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
               f"<= {le:g}" if le is not None else ""]
     allowed = " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
+    if integer and gt is None and ge is not None and le is not None:
+        allowed = f"an int in {ge:g}..{le:g}"
     if none_ok:
         allowed = f"null or {allowed}"
     types = (int,) if integer else (int, float)

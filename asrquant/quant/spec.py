@@ -6,12 +6,11 @@ the report and the packer read, so no other module hard-codes a level count.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import torch
 
-from asrquant.checks import check_keys
+from asrquant.checks import check_bool, check_choice, check_keys, check_number, invalid
 
 GRANULARITIES = ("tensor", "channel", "group")
 CLIP_METHODS = ("none", "fixed", "mse")
@@ -110,44 +109,28 @@ class QuantSpec:
         self.validate()
 
     def validate(self) -> None:
-        def bad(name, value, allowed):
-            raise ValueError(f"QuantSpec.{name}={value!r} is invalid; allowed: {allowed}")
-
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
-        if not MIN_BITS <= self.bits <= MAX_BITS:
-            bad("bits", self.bits, f"an int in {MIN_BITS}..{MAX_BITS}")
-        if not isinstance(self.symmetric, bool):
-            bad("symmetric", self.symmetric, "True or False")
+        where = "QuantSpec."
+        check_number(where + "bits", self.bits, ge=MIN_BITS, le=MAX_BITS, integer=True)
+        check_bool(where + "symmetric", self.symmetric)
         if self.symmetric and self.bits < 2:
-            bad("bits", self.bits, "2..8 when symmetric=True (1-bit needs symmetric=False)")
-        if self.granularity not in GRANULARITIES:
-            bad("granularity", self.granularity, " | ".join(map(repr, GRANULARITIES)))
-        gs = self.group_size
+            raise invalid(where + "bits", self.bits,
+                          f"2..{MAX_BITS} when symmetric=True (1-bit needs symmetric=False)")
+        check_choice(where + "granularity", self.granularity, GRANULARITIES)
         if self.granularity == "group":
-            if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
-                bad("group_size", gs, "a positive int when granularity='group'")
-        elif gs is not None:
-            bad("group_size", gs, f"None when granularity={self.granularity!r} (groups are "
-                "for granularity='group')")
-        if self.clip not in CLIP_METHODS:
-            bad("clip", self.clip, " | ".join(map(repr, CLIP_METHODS)))
-        r = self.clip_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < r <= 1.0):
-            bad("clip_ratio", r, "a float in (0, 1]")
+            check_number(where + "group_size", self.group_size, ge=1, integer=True)
+        elif self.group_size is not None:
+            raise invalid(where + "group_size", self.group_size,
+                          f"None when granularity={self.granularity!r} (groups are for "
+                          "granularity='group')")
+        check_choice(where + "clip", self.clip, CLIP_METHODS)
+        check_number(where + "clip_ratio", self.clip_ratio, gt=0, le=1)
         grid = self.clip_grid
         if not isinstance(grid, tuple) or len(grid) == 0:
-            bad("clip_grid", grid, "a non-empty sequence of ratios in (0, 1]")
-        for g in grid:
-            if isinstance(g, bool) or not isinstance(g, (int, float)) or not (0.0 < g <= 1.0):
-                bad("clip_grid", grid, "ratios in (0, 1]")
-            if not math.isfinite(g):
-                bad("clip_grid", grid, "finite ratios in (0, 1]")
-        if self.scale_dtype not in SCALE_DTYPES:
-            bad("scale_dtype", self.scale_dtype, " | ".join(map(repr, SCALE_DTYPES)))
-        if self.zero_point_dtype not in ZERO_POINT_DTYPES:
-            bad("zero_point_dtype", self.zero_point_dtype,
-                "None (same as scale_dtype) | " + " | ".join(map(repr, ZERO_POINT_DTYPES)))
+            raise invalid(where + "clip_grid", grid, "a non-empty sequence of ratios in (0, 1]")
+        for i, ratio in enumerate(grid):
+            check_number(f"{where}clip_grid[{i}]", ratio, gt=0, le=1)
+        check_choice(where + "scale_dtype", self.scale_dtype, SCALE_DTYPES)
+        check_choice(where + "zero_point_dtype", self.zero_point_dtype, [None, *ZERO_POINT_DTYPES])
 
     @property
     def qmin(self) -> int:
