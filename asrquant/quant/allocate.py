@@ -17,9 +17,12 @@ then towards the earlier choice in each group's candidate order.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from asrquant.checks import check_number
 
 MB = 1_000_000  # the MB of QuantReport.size_mb
 
@@ -43,13 +46,8 @@ class GroupOptions:
                              f"{sorted(self.nbytes)} but costs for {sorted(self.cost)}; "
                              "allowed: the same non-empty set of bit widths")
         for b in self.nbytes:
-            n, c = self.nbytes[b], self.cost[b]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"group {self.name!r}: nbytes[{b}]={n!r} is invalid; "
-                                 "allowed: an int >= 0")
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
-                raise ValueError(f"group {self.name!r}: cost[{b}]={c!r} is invalid; "
-                                 "allowed: a finite number")
+            check_number(f"group {self.name!r}: nbytes[{b}]", self.nbytes[b], ge=0, integer=True)
+            check_number(f"group {self.name!r}: cost[{b}]", self.cost[b])
 
     @property
     def bits(self) -> list:
@@ -77,8 +75,8 @@ def allocate(groups: Sequence[GroupOptions], budget_bytes: int,
     """The assignment of one bit width per group with the least total cost among those whose
     total bytes (`fixed_bytes` for what is not searched + each group's bytes) are at most
     `budget_bytes`. Raises BudgetError naming the budget and the minimum if none fits."""
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int):
-        raise BudgetError(f"budget_bytes={budget_bytes!r} is invalid; allowed: an int")
+    with _as_budget_error():
+        check_number("budget_bytes", budget_bytes, integer=True)
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise ValueError(f"group names must be unique; got {names}")
@@ -120,23 +118,41 @@ def _pareto(states):
     return out
 
 
-def budget_bytes_from(budget_mb: float | None = None, budget_bpw: float | None = None, *,
-                      fixed_bytes: int, num_weights: int) -> int:
-    """A byte budget from exactly one of
-    budget_mb: the whole model's size in MB (1e6 bytes; searched groups plus `fixed_bytes`,
-        the unquantized parameters: QuantReport's size_mb), or
-    budget_bpw: bits per quantized weight (codes, scales and zero points of the `num_weights`
-        searched weights: QuantReport's effective_bits), plus `fixed_bytes`.
-    """
+def check_budget(budget_mb: float | None = None, budget_bpw: float | None = None
+                 ) -> tuple[str, float]:
+    """The one rule of a budget: exactly one of budget_mb and budget_bpw, a number > 0.
+    Returns (its key, its value); raises BudgetError otherwise."""
     given = {k: v for k, v in (("budget_mb", budget_mb), ("budget_bpw", budget_bpw))
              if v is not None}
     if len(given) != 1:
         raise BudgetError("give exactly one of budget_mb (model size in MB) and budget_bpw "
                           f"(bits per quantized weight); got {given or 'neither'}")
     (key, value), = given.items()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise BudgetError(f"{key}={value!r} is invalid; allowed: a finite number > 0")
+    with _as_budget_error():
+        check_number(key, value, gt=0)
+    return key, value
+
+
+def budget_bytes_from(budget_mb: float | None = None, budget_bpw: float | None = None, *,
+                      fixed_bytes: int, num_weights: int) -> int:
+    """A byte budget from exactly one of (`check_budget`)
+    budget_mb: the whole model's size in MB (1e6 bytes; searched groups plus `fixed_bytes`,
+        the unquantized parameters: QuantReport's size_mb), or
+    budget_bpw: bits per quantized weight (codes, scales and zero points of the `num_weights`
+        searched weights: QuantReport's effective_bits), plus `fixed_bytes`.
+    """
+    key, value = check_budget(budget_mb, budget_bpw)
     if key == "budget_mb":
         return math.floor(value * MB + 1e-6)
     return fixed_bytes + math.floor(value * num_weights / 8 + 1e-6)
+
+
+@contextlib.contextmanager
+def _as_budget_error() -> Iterator[None]:
+    """A bad budget value (checks' ValueError) raised as BudgetError."""
+    try:
+        yield
+    except BudgetError:
+        raise
+    except ValueError as e:
+        raise BudgetError(str(e)) from None
