@@ -1,6 +1,7 @@
 """What every run shares: the plain config, the start (output folder checked, threads, seed,
 timer) and the finish (results.json with status, git revision, config and wall time, written
-atomically), the recipe of a config and the size columns of its results."""
+atomically), the rules of the run's own keys (threads, ckpt), the recipe of a config and the
+size columns of its results."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from asrquant.checks import check_number
 from asrquant.io import atomic_write_json, check_writable, json_safe
-from asrquant.quant import QuantRecipe, build_report, fake_quant_specs, recipe_from_config
+from asrquant.quant import (
+    QuantRecipe,
+    QuantReport,
+    build_report,
+    fake_quant_specs,
+    recipe_from_config,
+)
 
 
 def plain(cfg) -> Any:
@@ -47,6 +55,28 @@ class Run:
     @property
     def wall_time_s(self) -> float:
         return time.perf_counter() - self.started
+
+
+def check_threads(cfg: dict) -> None:
+    """`threads` (torch's threads for the run, set by start_run): null or an int >= 1."""
+    check_number("threads", cfg.get("threads"), ge=1, integer=True, none_ok=True)
+
+
+PACKED_NOTE = "(or packed=/path/to/model.safetensors)"  # eval takes either
+
+
+def require_ckpt(cfg: dict, note: str = "") -> str:
+    """`ckpt`, or one ValueError saying how to pass it (`note`: what else would do)."""
+    if not cfg.get("ckpt"):
+        raise ValueError(f"ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt {note}".rstrip())
+    return cfg["ckpt"]
+
+
+def check_files(cfg: dict, *keys: str) -> None:
+    """Each of `keys` that is set names an existing file."""
+    for key in keys:
+        if cfg.get(key) and not Path(cfg[key]).is_file():
+            raise ValueError(f"{key}={cfg[key]!r} is not a file")
 
 
 def start_run(cfg, run_dir: str | os.PathLike, seed_workers: bool = False) -> Run:
@@ -79,11 +109,15 @@ def recipe_of(cfg: dict) -> QuantRecipe | None:
     return None if recipe.default is None and not recipe.rules else recipe
 
 
-def size_fields(module: nn.Module, recipe: QuantRecipe | None) -> dict:
-    """Size columns of results.json: the fake quantization attached to `module`, or else
-    `recipe`'s plan on it, or float."""
+def size_report(module: nn.Module, recipe: QuantRecipe | None) -> QuantReport:
+    """The sizes of `module` under the fake quantization attached to it, or else under
+    `recipe`'s plan, or float."""
     plan = fake_quant_specs(module) or (recipe.plan(module) if recipe is not None else {})
-    report = build_report(module, plan, recipe.name if recipe else "float")
+    return build_report(module, plan, recipe.name if recipe else "float")
+
+
+def size_fields(report: QuantReport, recipe: QuantRecipe | None) -> dict:
+    """Size columns of results.json (and export.json) from `size_report`."""
     return {
         "recipe": recipe.to_dict() if recipe else None,
         "size_bytes": report.quantized_bytes,

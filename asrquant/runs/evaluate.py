@@ -23,7 +23,16 @@ from asrquant.runs.blocks import (
     names_of_test_sets,
     quantization_callbacks,
 )
-from asrquant.runs.common import Run, finish_run, recipe_of, size_fields, start_run
+from asrquant.runs.common import (
+    PACKED_NOTE,
+    Run,
+    finish_run,
+    recipe_of,
+    require_ckpt,
+    size_fields,
+    size_report,
+    start_run,
+)
 
 
 def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
@@ -36,9 +45,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     test_names = names_of_test_sets(sources)
     if cfg.get("packed"):
         return _eval_packed(run, sources, test_names)
-    if not cfg.get("ckpt"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/model.ckpt")
-    ckpt = load_checkpoint(cfg["ckpt"])
+    ckpt = load_checkpoint(require_ckpt(cfg, PACKED_NOTE))
     module = module_from_checkpoint(ckpt, None, run_dir / "predictions", test_names)
     qat_ckpt = bool(fake_quant_specs(module))
     if qat_ckpt and recipe is not None:
@@ -53,7 +60,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
                "ckpt": str(cfg["ckpt"]), "test": dict(module.last_results)}
     if qat_ckpt:
         recipe = recipe_of_checkpoint(ckpt)
-    results.update(size_fields(module, recipe))
+    results.update(size_fields(size_report(module, recipe), recipe))
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
     if cfg.get("export"):  # the packed file of what was evaluated, and its real size
@@ -82,5 +89,5 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
                "test": dict(module.last_results)}
     # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
     float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
-    results.update(size_fields(float_module, recipe))
+    results.update(size_fields(size_report(float_module, recipe), recipe))
     return finish_run(run, results)

@@ -61,11 +61,19 @@ from asrquant.quant.allocate import (
     GroupOptions,
     allocate,
     budget_bytes_from,
+    check_budget,
     min_total_bytes,
 )
 from asrquant.quant.spec import MAX_BITS, MIN_BITS
 from asrquant.runs.blocks import data_sources, load_checkpoint, module_from_checkpoint
-from asrquant.runs.common import finish_run, plain, start_run
+from asrquant.runs.common import (
+    check_files,
+    check_threads,
+    finish_run,
+    plain,
+    require_ckpt,
+    start_run,
+)
 
 METRICS = ("loss", "wer")
 CACHE_VERSION = 1
@@ -290,16 +298,9 @@ def load_float_module(path: str | os.PathLike) -> ASRModule:
 def validate_search_config(cfg) -> dict:
     """One clear ValueError for a bad search config, before any work. Returns plain cfg."""
     cfg = plain(cfg)
-    if not cfg.get("ckpt"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/float.ckpt (or a float "
-                         ".safetensors export)")
-    if not Path(cfg["ckpt"]).is_file():
-        raise ValueError(f"ckpt={cfg['ckpt']!r} is not a file")
-    given = [k for k in ("budget_mb", "budget_bpw") if cfg.get(k) is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of budget_mb (model size in MB) and budget_bpw "
-                         f"(bits per quantized weight); got {given or 'neither'}")
-    check_number(given[0], cfg[given[0]], gt=0)
+    require_ckpt(cfg, "(a float checkpoint, or a float .safetensors export)")
+    check_files(cfg, "ckpt")
+    check_budget(cfg.get("budget_mb"), cfg.get("budget_bpw"))
     cands = cfg.get("candidates")
     allowed = (f"a non-empty list of distinct bit widths in {MIN_BITS}..{MAX_BITS}, e.g. "
                "[2, 3, 4, 8], optionally with a group size ('2g128') or per channel ('4ch')")
@@ -318,7 +319,7 @@ def validate_search_config(cfg) -> dict:
     out = cfg.get("out")
     if out and Path(out).exists() and not cfg.get("overwrite", False):
         raise ValueError(f"out={out!r} exists; pass overwrite=true to replace it")
-    check_number("threads", cfg.get("threads"), ge=1, integer=True, none_ok=True)
+    check_threads(cfg)
     return cfg
 
 

@@ -26,7 +26,7 @@ from asrquant.runs.blocks import (
     names_of_test_sets,
     optim_kwargs,
 )
-from asrquant.runs.common import finish_run, recipe_of, size_fields, start_run
+from asrquant.runs.common import finish_run, recipe_of, size_fields, size_report, start_run
 
 
 def run_train(cfg, run_dir: str | os.PathLike) -> dict:
@@ -97,6 +97,6 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results["test"] = {n: module.last_results[n] for n in test_names
                            if n in module.last_results}
-    results.update(size_fields(module, recipe))
+    results.update(size_fields(size_report(module, recipe), recipe))
     results["bad_data"] = datamodule.bad_data_summary()
     return finish_run(run, results)

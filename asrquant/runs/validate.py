@@ -4,17 +4,16 @@ the key, the value and what is allowed.
 Each rule lives once, in the object or function that uses the value; this module only asks
 them, on the meta device and with no data: the recipe (`recipe_of`), the data kind
 (`data_kind`), the DataModule (policy, batch seconds), the tokenizer kind, the model size
-(`model_config_of`), the optimiser (`ASRModule` on the meta device). The keys that belong to
-the run itself (threads, quant_strict, ckpt/packed/init_from) are checked here.
+(`model_config_of`), the optimiser (`ASRModule` on the meta device), the run's own keys
+(`check_threads`, `require_ckpt`, `check_files` in runs.common); quant_strict and the
+eval-only combinations are checked here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from asrquant.checks import check_bool, check_number, config_key
+from asrquant.checks import check_bool, config_key
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import check_policy
 from asrquant.data.tokenizer import CharTokenizer
@@ -26,7 +25,14 @@ from asrquant.runs.blocks import (
     optim_kwargs,
     tokenizer_kind,
 )
-from asrquant.runs.common import plain, recipe_of
+from asrquant.runs.common import (
+    PACKED_NOTE,
+    check_files,
+    check_threads,
+    plain,
+    recipe_of,
+    require_ckpt,
+)
 
 
 def validate_config(cfg, kind: str):
@@ -42,7 +48,7 @@ def validate_config(cfg, kind: str):
     check_policy(data.get("eval_policy", "skip"), "data.eval_policy")
     strict = cfg.get("quant_strict", False)
     check_bool("quant_strict", strict)
-    check_number("threads", cfg.get("threads"), ge=1, integer=True, none_ok=True)
+    check_threads(cfg)
     if kind == "train":
         tokenizer_kind(cfg.get("tokenizer") or {})
         tok = CharTokenizer()
@@ -54,15 +60,12 @@ def validate_config(cfg, kind: str):
             skeleton = ASRModule(model_config, tok, **optim_kwargs(cfg.get("optim") or {}))
         if recipe is not None and recipe.rules and not cfg.get("init_from"):
             recipe.plan(skeleton, strict=strict)
-    if kind == "eval" and not cfg.get("ckpt") and not cfg.get("packed"):
-        raise ValueError("ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt "
-                         "(or packed=/path/to/model.safetensors)")
+    if kind == "eval" and not cfg.get("packed"):
+        require_ckpt(cfg, PACKED_NOTE)
     if kind == "eval" and cfg.get("ckpt") and cfg.get("packed"):
         raise ValueError(f"ckpt={cfg['ckpt']!r} and packed={cfg['packed']!r} are both set; "
                          "allowed: one of them")
-    for key in ("ckpt", "packed", "init_from"):
-        if cfg.get(key) and not Path(cfg[key]).is_file():
-            raise ValueError(f"{key}={cfg[key]!r} is not a file")
+    check_files(cfg, "ckpt", "packed", "init_from")
     if kind == "eval" and data.get("kind") in ("manifest", "librispeech"):
         tests = data.get("test") or data.get("extra_test") or data.get("test_splits")
         if not tests:
