@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -10,8 +11,9 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
-from asrquant.io import atomic_write_json, check_writable
+from asrquant.io import atomic_write_json
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -25,10 +27,8 @@ def run_and_record(run: Callable, cfg) -> dict | None:
     writes status "interrupted". In a multirun sweep a failure is then swallowed so the other
     members still run; in a single run it is raised again (non-zero exit).
     """
-    from omegaconf import OmegaConf
-
     hc = HydraConfig.get()
-    run_dir = check_writable(Path(hc.runtime.output_dir))
+    run_dir = Path(hc.runtime.output_dir)  # Hydra made it; the run's start_run probes it
     base = {"overrides": list(hc.overrides.task), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(run_dir / "results.json", {"status": "running", **base})
@@ -66,8 +66,6 @@ def run_and_record(run: Callable, cfg) -> dict | None:
 def _mark_done(path: Path, base: dict) -> None:
     """Commands whose record is another file (export.json, search.json) leave the "running"
     marker in place: replace it, so a finished run is not reported as killed."""
-    import json
-
     try:
         status = json.loads(path.read_text()).get("status")
     except (OSError, ValueError):
