@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import torch
+import torchaudio
+from tqdm import tqdm
 
 from asrquant.data.audio import SAMPLE_RATE
 from asrquant.io import atomic_path, atomic_write_text, cache_dir
@@ -432,10 +435,6 @@ def add_white_noise(waveform: np.ndarray, snr_db: float, rng: np.random.Generato
 
 def _write_corpus(folder: Path, config: SyntheticCorpusConfig, progress: bool) -> None:
     """Synthesises every utterance into `folder`; must run in a fresh process (see module doc)."""
-    import torch
-    import torchaudio
-    from tqdm import tqdm
-
     torch.set_num_threads(1)
     if folder.exists():
         shutil.rmtree(folder)
