@@ -58,20 +58,9 @@ def test_a_speaker_split_needs_every_speaker_and_names_what_lacks_one():
         split_dev(utts[:1], 0.5, "speaker")
 
 
-def test_a_bad_dev_split_is_refused_before_any_data(cfg_of_train):
+def test_a_bad_dev_split_is_refused_before_any_data(cfg_of):
     with pytest.raises(ValueError, match=r"data.dev_split='voice' is invalid; allowed: "
                                          r"\['utterance', 'speaker'\]"):
-        validate_config(cfg_of_train(["data=an4", "data.dir=/nowhere", "data.dev_split=voice"]),
-                        "train")
+        validate_config(cfg_of("train", ["data=an4", "data.dir=/nowhere",
+                                          "data.dev_split=voice"]), "train")
 
-
-@pytest.fixture
-def cfg_of_train():
-    from hydra import compose, initialize_config_dir
-
-    from asrquant.cli.common import CONF_DIR
-
-    def make(overrides):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
-    return make

@@ -9,9 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
-from asrquant.cli.common import CONF_DIR
 from asrquant.data.synthetic import build_synthetic_corpus
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
@@ -32,16 +30,10 @@ from asrquant.runs.search import (
 )
 
 CORPUS = {"n_train": 4, "n_dev": 6, "n_test": 2, "n_test_voices": 2}
-TINY_MODEL = {"num_layers": 1, "d_model": 32, "ffn_dim": 64, "subsampling_channels": 8}
-
-
-def cfg_of(name, overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_dims):
     torch.manual_seed(0)
     torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("corpus")
@@ -49,7 +41,7 @@ def setup(tmp_path_factory):
             *(f"data.synthetic.{k}={v}" for k, v in CORPUS.items())]
     paths = build_synthetic_corpus(cache, **CORPUS, progress=False)
     tok = CharTokenizer()
-    module = ASRModule(size_config("cpu", tok.vocab_size, **TINY_MODEL), tok)
+    module = ASRModule(size_config("cpu", tok.vocab_size, **tiny_dims), tok)
     fit_normalizer(module, paths["train"], 4, 0)
     ckpt = tmp_path_factory.mktemp("model") / "tiny.ckpt"
     torch.save({"state_dict": module.state_dict(), "model_config": module.model.config.to_dict(),
@@ -57,10 +49,15 @@ def setup(tmp_path_factory):
     return ckpt, data, tmp_path_factory.mktemp("search_cache")
 
 
-def search_cfg(setup, *extra):
+@pytest.fixture(scope="module")
+def search_cfg(setup, cfg_of):
+    """search_cfg(*overrides): asrquant-search's config on the tiny model and corpus."""
     ckpt, data, cache = setup
-    return cfg_of("search", [f"ckpt={ckpt}", f"cache_dir={cache}", "progress=false",
-                             *data, *extra])
+
+    def make(*extra):
+        return cfg_of("search", [f"ckpt={ckpt}", f"cache_dir={cache}", "progress=false",
+                                 *data, *extra])
+    return make
 
 
 def test_layer_groups_cover_every_candidate_once(setup):
@@ -73,10 +70,10 @@ def test_layer_groups_cover_every_candidate_once(setup):
     assert groups[2].pattern == "model.encoder.conformer_layers.0.self_attn.*"
 
 
-def test_search_end_to_end(setup, tmp_path):
+def test_search_end_to_end(setup, search_cfg, cfg_of, tmp_path):
     ckpt, data, _ = setup
     out = tmp_path / "conf" / "quant" / "tiny_mixed.yaml"
-    res = run_search(search_cfg(setup, "budget_bpw=3.6", "name=tiny_mixed", f"out={out}"),
+    res = run_search(search_cfg("budget_bpw=3.6", "name=tiny_mixed", f"out={out}"),
                      tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "search.json").read_text())
     assert on_disk["status"] == "ok" and on_disk["measured_now"] == 6 * 4
@@ -112,21 +109,21 @@ def test_search_end_to_end(setup, tmp_path):
     assert ev["size_bytes"] == chosen["size_bytes"] <= on_disk["budget"]["bytes"]
 
     # Another budget reuses every measurement; a larger one never predicts a larger change.
-    again = run_search(search_cfg(setup, "budget_bpw=5.5", "name=tiny_b", "verify=false"),
+    again = run_search(search_cfg("budget_bpw=5.5", "name=tiny_b", "verify=false"),
                        tmp_path / "run2")
     assert again["measured_now"] == 0 and again["groups"] == res["groups"]
     assert again["chosen"]["predicted_change"] <= chosen["predicted_change"] + 1e-12
     assert "dev" not in again["chosen"]
     # A new candidate (2 bits in groups of 128) measures only that one.
-    more = run_search(search_cfg(setup, "budget_bpw=3.0", "candidates=[2,3,4,8,2g128]",
+    more = run_search(search_cfg("budget_bpw=3.0", "candidates=[2,3,4,8,2g128]",
                                  "verify=false"), tmp_path / "run3")
     assert more["measured_now"] == 6
     assert more["min_bytes"] < on_disk["min_bytes"]  # 2g128 is smaller than 2 bits in g32
     assert more["chosen"]["size_bytes"] <= more["budget"]["bytes"]
 
 
-def test_recipes_with_group_size_candidates_round_trip_through_yaml(setup):
-    cfg = validate_search_config(search_cfg(setup, "budget_mb=1"))
+def test_recipes_with_group_size_candidates_round_trip_through_yaml(setup, search_cfg):
+    cfg = validate_search_config(search_cfg("budget_mb=1"))
     module = load_float_module(setup[0])
     groups = layer_groups(module)
     options = candidate_specs([2, 4, "3g128", "8ch"], base_spec(cfg))
@@ -160,15 +157,15 @@ def test_recipes_with_group_size_candidates_round_trip_through_yaml(setup):
     (["budget_mb=1", "quant=int2_sym_g32", "candidates=[1,2]"], r"QuantSpec.bits=1"),
     (["budget_mb=1", "candidates=[2,2g0]"], r"QuantSpec.group_size=0"),
 ])
-def test_bad_input_is_refused_before_any_work(setup, extra, needle):
+def test_bad_input_is_refused_before_any_work(search_cfg, extra, needle):
     with pytest.raises(ValueError, match=needle):
-        validate_search_config(search_cfg(setup, *extra))
+        validate_search_config(search_cfg(*extra))
 
 
-def test_a_budget_below_the_smallest_recipe_fails_before_measuring(setup, tmp_path):
+def test_a_budget_below_the_smallest_recipe_fails_before_measuring(search_cfg, tmp_path):
     with pytest.raises(BudgetError, match=r"budget 1,000 bytes \(0.001000 MB\) is below the "
                                           r"smallest size these candidates reach, [\d,]+ bytes"):
-        run_search(search_cfg(setup, "budget_mb=0.001", f"cache_dir={tmp_path / 'c'}"),
+        run_search(search_cfg("budget_mb=0.001", f"cache_dir={tmp_path / 'c'}"),
                    tmp_path / "run")
     assert not (tmp_path / "c").exists()
 

@@ -4,7 +4,6 @@ once per session, and one tiny trained checkpoint."""
 from pathlib import Path
 
 import pytest
-from rel_helpers import TINY_DATA, TINY_MODEL, cfg_of
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +18,12 @@ def corpus_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory, corpus_cache):
+def tiny_ckpt(tmp_path_factory, corpus_cache, cfg_of, tiny_data, tiny_model):
     """A float checkpoint of a tiny model trained for one epoch (its best.ckpt path)."""
     from asrquant.runs import run_train, validate_config
 
     run = tmp_path_factory.mktemp("reliability_train")
-    cfg = cfg_of("train", TINY_DATA + TINY_MODEL + [f"data.synthetic.cache_dir={corpus_cache}",
+    cfg = cfg_of("train", tiny_data + tiny_model + [f"data.synthetic.cache_dir={corpus_cache}",
                                                     "trainer.max_epochs=1"])
     results = run_train(validate_config(cfg, "train"), run)
     return Path(results["best_checkpoint"])

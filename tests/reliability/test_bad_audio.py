@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import soundfile
-from rel_helpers import TINY_DATA, cfg_of
 
 from asrquant.data.audio import BadDataError, read_audio
 from asrquant.data.readers import BadDataReport, manifest_utterances, validate_utterances
@@ -128,10 +127,10 @@ def mixed_manifest(tmp_path_factory):
     return manifest(folder, lines)
 
 
-def test_training_default_skips_and_reports_the_ids_evaluation_default_stops(mixed_manifest,
-                                                                              tmp_path):
-    base = ["data=manifest", "tokenizer=char", "model.num_layers=1", "model.d_model=32",
-            "model.ffn_dim=64", "model.subsampling_channels=8", "trainer.max_steps=2",
+def test_training_default_skips_and_reports_the_ids_evaluation_default_stops(
+        mixed_manifest, tmp_path, cfg_of, tiny_model):
+    model_only = [o for o in tiny_model if o.startswith("model.")]  # a char tokenizer here
+    base = ["data=manifest", "tokenizer=char", *model_only, "trainer.max_steps=2",
             "trainer.enable_progress_bar=false", "threads=1", "normalizer_utterances=4"]
     cfg = cfg_of("train", base + [f"data.train={mixed_manifest}", f"data.test={mixed_manifest}",
                                   "data.eval_policy=skip", "data.dev_fraction=0.5"])
@@ -155,7 +154,7 @@ def test_training_default_skips_and_reports_the_ids_evaluation_default_stops(mix
 
 
 def test_synthetic_evaluation_of_a_damaged_corpus_names_the_file(corpus_cache, tiny_ckpt,
-                                                                  tmp_path):
+                                                                  tmp_path, cfg_of, tiny_data):
     """A test file damaged after the corpus was built: evaluation stops naming it."""
     import shutil
 
@@ -168,7 +167,7 @@ def test_synthetic_evaluation_of_a_damaged_corpus_names_the_file(corpus_cache, t
     first = json.loads(paths["test"].read_text().splitlines()[0])
     wav = paths["test"].parent / first["audio_filepath"]
     wav.write_bytes(b"")
-    cfg = cfg_of("eval", TINY_DATA + [f"data.synthetic.cache_dir={cache}", f"ckpt={tiny_ckpt}"])
+    cfg = cfg_of("eval", tiny_data + [f"data.synthetic.cache_dir={cache}", f"ckpt={tiny_ckpt}"])
     with pytest.raises(BadDataError) as e:
         run_eval(validate_config(cfg, "eval"), tmp_path / "eval")
     assert str(e.value) == f"{wav}: empty file (0 bytes)"

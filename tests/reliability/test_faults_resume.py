@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from rel_helpers import PYTHON, ROOT, TINY_DATA, TINY_MODEL, cfg_of, child_env
+from rel_helpers import PYTHON, ROOT, child_env
 
 import asrquant.io
 from asrquant.io import atomic_write_json, check_writable
@@ -21,14 +21,15 @@ DETERMINISTIC = ["model.dropout=0", "model.freq_masks=0", "model.time_masks=0",
                  "trainer.max_epochs=12", "data.max_batch_seconds=20", "test_after_fit=false"]
 
 
-def train_cmd(run, cache):
-    return [PYTHON, "-m", "asrquant.cli.train", *TINY_DATA, *TINY_MODEL, *DETERMINISTIC,
-            f"data.synthetic.cache_dir={cache}", f"hydra.run.dir={run}"]
-
-
-def start(run, cache):
-    return subprocess.Popen(train_cmd(run, cache), env=child_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start(tiny_data, tiny_model):
+    """start(run, cache): the deterministic tiny training into folder `run`, as a child."""
+    def start_training(run, cache):
+        cmd = [PYTHON, "-m", "asrquant.cli.train", *tiny_data, *tiny_model, *DETERMINISTIC,
+               f"data.synthetic.cache_dir={cache}", f"hydra.run.dir={run}"]
+        return subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    return start_training
 
 
 def finish(proc, timeout=300):
@@ -56,7 +57,7 @@ def weights(run):
 
 
 def test_sigterm_then_sigkill_then_rerun_resumes_to_the_uninterrupted_result(corpus_cache,
-                                                                             tmp_path):
+                                                                             tmp_path, start):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     finish(start(straight, corpus_cache))
 
@@ -162,7 +163,8 @@ def test_every_file_write_in_the_package_goes_through_a_temporary_name():
 
 # ------------------------------------------------------------- unwritable output folders
 
-def test_a_full_disk_fails_at_the_start_naming_the_folder(tmp_path, monkeypatch):
+def test_a_full_disk_fails_at_the_start_naming_the_folder(tmp_path, monkeypatch, cfg_of,
+                                                           tiny_data):
     import shutil
 
     from asrquant.runs import evaluate
@@ -171,7 +173,7 @@ def test_a_full_disk_fails_at_the_start_naming_the_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(asrquant.io.shutil, "disk_usage",
                         lambda p: usage._replace(free=5 * 2**20))
     monkeypatch.setattr(evaluate, "data_sources", lambda *a: pytest.fail("data was touched"))
-    cfg = cfg_of("eval", TINY_DATA + ["ckpt=/x.ckpt"])
+    cfg = cfg_of("eval", tiny_data + ["ckpt=/x.ckpt"])
     with pytest.raises(OSError) as e:
         evaluate.run_eval(cfg, tmp_path / "run")
     assert str(e.value) == (f"output folder {str(tmp_path / 'run')!r} has only 5.0 MiB free; "
@@ -179,7 +181,8 @@ def test_a_full_disk_fails_at_the_start_naming_the_folder(tmp_path, monkeypatch)
                             "are written there)")
 
 
-def test_a_disk_that_refuses_writes_fails_at_the_start(tmp_path, monkeypatch):
+def test_a_disk_that_refuses_writes_fails_at_the_start(tmp_path, monkeypatch, cfg_of,
+                                                        tiny_data):
     import errno
     import os
 
@@ -193,7 +196,7 @@ def test_a_disk_that_refuses_writes_fails_at_the_start(tmp_path, monkeypatch):
     monkeypatch.setattr(asrquant.io.os, "fsync", enospc)
     monkeypatch.setattr(train, "data_sources", lambda *a: pytest.fail("data was touched"))
     with pytest.raises(OSError) as e:
-        train.run_train(cfg_of("train", TINY_DATA), tmp_path / "run")
+        train.run_train(cfg_of("train", tiny_data), tmp_path / "run")
     monkeypatch.setattr(asrquant.io.os, "fsync", real_fsync)
     assert str(e.value) == (f"output folder {str(tmp_path / 'run')!r} is not writable: "
                             "No space left on device")

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 import torch
-from rel_helpers import ROOT, TINY_DATA, TINY_MODEL, cfg_of
+from rel_helpers import ROOT
 from safetensors.torch import save_file
 
 from asrquant.data.tokenizer import CharTokenizer
@@ -70,24 +70,26 @@ def test_pickle_payload_in_a_ckpt_is_not_executed(tmp_path, legacy):
     assert marker.exists()
 
 
-def test_resuming_from_a_hostile_last_ckpt_is_refused_without_running_it(tmp_path,
-                                                                          corpus_cache):
+def test_resuming_from_a_hostile_last_ckpt_is_refused_without_running_it(
+        tmp_path, corpus_cache, cfg_of, tiny_data, tiny_model):
     run = tmp_path / "run"
     marker = tmp_path / "PWNED"
     (run / "checkpoints").mkdir(parents=True)
     hostile_ckpt(run / "checkpoints" / "last.ckpt", marker)
-    cfg = cfg_of("train", TINY_DATA + TINY_MODEL + [f"data.synthetic.cache_dir={corpus_cache}",
+    cfg = cfg_of("train", tiny_data + tiny_model + [f"data.synthetic.cache_dir={corpus_cache}",
                                                     "trainer.max_epochs=1"])
     with pytest.raises(ValueError, match="last.ckpt' cannot be loaded safely"):
         run_train(cfg, run)
     assert not marker.exists()
 
 
-def test_resuming_a_run_folder_of_another_model_size_is_refused(tmp_path, corpus_cache):
+def test_resuming_a_run_folder_of_another_model_size_is_refused(tmp_path, corpus_cache, cfg_of,
+                                                                 tiny_data, tiny_model):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     torch.save(tiny_ckpt_dict(num_layers=2), run / "checkpoints" / "last.ckpt")
-    cfg = cfg_of("train", TINY_DATA + TINY_MODEL[:-1] + [
+    model_only = [o for o in tiny_model if o.startswith("model.")]  # a char tokenizer here
+    cfg = cfg_of("train", tiny_data + model_only + [
         f"data.synthetic.cache_dir={corpus_cache}", "tokenizer=char", "trainer.max_epochs=1"])
     with pytest.raises(ValueError) as e:
         run_train(cfg, run)

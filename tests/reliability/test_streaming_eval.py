@@ -6,8 +6,8 @@ import json
 import tracemalloc
 
 import numpy as np
+import pytest
 import soundfile
-from rel_helpers import cfg_of
 
 from asrquant.runs import run_eval
 
@@ -20,20 +20,26 @@ def manifest(folder, n, files):
     return path
 
 
-def peak_bytes_of_eval(ckpt, test, run_dir):
-    cfg = cfg_of("eval", ["data=manifest", "data.train=null", f"data.test={test}",
-                          f"ckpt={ckpt}", "threads=1", "trainer.enable_progress_bar=false",
-                          "data.max_batch_seconds=30"])
-    tracemalloc.start()
-    try:
-        out = run_eval(cfg, run_dir)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return out, peak
+@pytest.fixture
+def peak_bytes_of_eval(cfg_of):
+    """peak_bytes_of_eval(ckpt, test, run_dir): the results of evaluating manifest `test`,
+    and the peak of memory traced meanwhile."""
+    def measure(ckpt, test, run_dir):
+        cfg = cfg_of("eval", ["data=manifest", "data.train=null", f"data.test={test}",
+                              f"ckpt={ckpt}", "threads=1", "trainer.enable_progress_bar=false",
+                              "data.max_batch_seconds=30"])
+        tracemalloc.start()
+        try:
+            out = run_eval(cfg, run_dir)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return out, peak
+    return measure
 
 
-def test_thousands_of_utterances_decode_with_memory_bounded_by_the_batch(tiny_ckpt, tmp_path):
+def test_thousands_of_utterances_decode_with_memory_bounded_by_the_batch(tiny_ckpt, tmp_path,
+                                                                        peak_bytes_of_eval):
     rng = np.random.default_rng(0)
     words = ["one two", "three", "four five six", "seven", "eight nine", "ten", "zero one",
              "two three"]

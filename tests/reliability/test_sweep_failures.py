@@ -5,7 +5,7 @@ errors."""
 import json
 import subprocess
 
-from rel_helpers import PYTHON, ROOT, TINY_DATA, child_env
+from rel_helpers import PYTHON, ROOT, child_env
 
 from asrquant.cli.report import main as report_main
 
@@ -30,14 +30,14 @@ main()
 
 
 def test_sweep_with_a_raising_an_oom_and_a_killed_member_still_reports_the_rest(
-        tiny_ckpt, corpus_cache, tmp_path):
+        tiny_ckpt, corpus_cache, tmp_path, tiny_data):
     wrapper = tmp_path / "eval_with_faults.py"
     wrapper.write_text(WRAPPER)
     sweep = tmp_path / "sweep"
     # members in order: 0 ok, 1 bad value (raises), 2 out of memory, 3 ok, 4 killed
     proc = subprocess.run(
         [PYTHON, str(wrapper), "-m", f"ckpt={tiny_ckpt}", "quant=int4",
-         "quant.bits=4,9,8,3,2", f"hydra.sweep.dir={sweep}", *TINY_DATA,
+         "quant.bits=4,9,8,3,2", f"hydra.sweep.dir={sweep}", *tiny_data,
          f"data.synthetic.cache_dir={corpus_cache}"],
         capture_output=True, text=True, timeout=600, env=child_env(), cwd=ROOT)
     assert proc.returncode == -9, proc.stderr[-3000:]  # the sweep process itself was killed
