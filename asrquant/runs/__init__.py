@@ -6,17 +6,30 @@
     export.py     run_export     the packed safetensors file          export.json
     search.py     run_search     mixed-precision search               search.json
     validate.py   validate_config  every check that needs no data, before any work
+    demo.py       run_demo       recipes on a random torchaudio Conformer (prints a table)
     blocks.py     data sources, tokenizer, DataModule, checkpoints, Trainer
-    common.py     start_run / finish_run, the recipe and size columns of a config
+    common.py     start_run / finish_run, the run's own keys, the recipe and size columns
 
-The Hydra entry points (asrquant/cli) are a few lines around these.
+The Hydra entry points (asrquant/cli) are a few lines around these. Names are imported
+lazily, so that `asrquant-demo` (runs.demo) does not pay for importing Lightning.
 """
 
-from asrquant.runs.evaluate import run_eval
-from asrquant.runs.export import run_export
-from asrquant.runs.search import run_search, validate_search_config
-from asrquant.runs.train import run_train
-from asrquant.runs.validate import validate_config
+import importlib
 
-__all__ = ["run_eval", "run_export", "run_search", "run_train", "validate_config",
-           "validate_search_config"]
+_MODULE_OF = {
+    "run_demo": "demo",
+    "run_eval": "evaluate",
+    "run_export": "export",
+    "run_search": "search",
+    "validate_search_config": "search",
+    "run_train": "train",
+    "validate_config": "validate",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
