@@ -1,42 +1,68 @@
-"""End to end on a tiny synthetic corpus: train, PTQ eval, QAT, results.json, config errors."""
+"""End to end on a tiny synthetic corpus: train, PTQ eval, QAT, results.json, config errors.
+Checks that two paths give the same WER use the shipped float model, which recognises the
+corpus (a tiny model trained for seconds outputs only blanks: WER 1.0 on every path, right
+or wrong)."""
 
 import json
 from pathlib import Path
 
+import jiwer
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from asrquant.cli.common import CONF_DIR
 from asrquant.data.text import normalize_text
 from asrquant.runs import run_eval, run_train, validate_config
 
-TINY = [
-    "data.synthetic.n_train=24", "data.synthetic.n_dev=6", "data.synthetic.n_test=6",
-    "data.synthetic.n_test_voices=6", "trainer.enable_progress_bar=false", "threads=1",
-]
-TINY_MODEL = ["model.num_layers=1", "model.d_model=32", "model.ffn_dim=64",
-              "model.subsampling_channels=8", "tokenizer.vocab_size=40"]
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "cpu_synthetic_float.safetensors"
+SETS = ("test", "heldout_voices")
 
 
-def cfg_of(name, overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+def predictions(run_dir, name):
+    """(refs, hyps) of test set `name` from the predictions TSV a run wrote."""
+    (path,) = (Path(run_dir) / "predictions").glob(f"test_{name}_epoch*.tsv")
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+    return [r[1] for r in rows], [r[2] for r in rows]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("corpus")
+def corpus(tmp_path_factory, tiny_data):
+    """Overrides of the tiny synthetic corpus, built on first use in a module-wide cache."""
+    return tiny_data + [f"data.synthetic.cache_dir={tmp_path_factory.mktemp('corpus')}"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cfg_of, corpus, tiny_model):
+    """A tiny model trained for 2 epochs: for what training writes, not for comparing WERs."""
     run = tmp_path_factory.mktemp("train")
-    data = [f"data.synthetic.cache_dir={cache}"]
-    cfg = cfg_of("train", TINY + TINY_MODEL + data + ["trainer.max_epochs=2"])
+    cfg = cfg_of("train", corpus + tiny_model + ["trainer.max_epochs=2"])
     validate_config(cfg, "train")
-    return run_train(cfg, run), run, data
+    return run_train(cfg, run), run
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory, cfg_of, corpus):
+    """The shipped float model evaluated on the tiny corpus (results, run folder)."""
+    run = tmp_path_factory.mktemp("shipped")
+    return run_eval(cfg_of("eval", corpus + [f"ckpt={SHIPPED}"]), run), run
+
+
+def test_the_shipped_model_recognises_the_tiny_corpus_so_its_wers_inform(shipped):
+    """What the WER comparisons below stand on: a wrong path would change the numbers."""
+    out, run = shipped
+    assert out["mode"] == "float"
+    for name in SETS:
+        refs, hyps = predictions(run, name)
+        assert all(hyps) and out["test"][name]["wer"] < 0.5, name
+    # a scorer that swapped CER and WER, dropped spaces or averaged per utterance would differ
+    refs, hyps = predictions(run, "heldout_voices")
+    held_out = out["test"]["heldout_voices"]
+    assert held_out["cer"] == pytest.approx(jiwer.cer(refs, hyps))
+    assert held_out["cer"] < held_out["wer"]
 
 
 def test_training_writes_results_json_with_everything_a_table_needs(trained):
-    results, run, _ = trained
+    results, run = trained
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["status"] == "ok" and on_disk["mode"] == "float"
     for key in ("git_revision", "config", "wall_time_s", "size_bytes", "float32_bytes",
@@ -44,34 +70,47 @@ def test_training_writes_results_json_with_everything_a_table_needs(trained):
         assert key in on_disk, key
     assert on_disk["size_bytes"] == on_disk["float32_bytes"] == 4 * on_disk["num_params"]
     assert set(on_disk["test"]) == {"test", "heldout_voices"}
-    assert on_disk["test"]["test"]["words"] > 0 and 0 <= on_disk["test"]["test"]["cer"]
+    for name in SETS:  # scored on what the run wrote as its predictions
+        refs, hyps = predictions(run, name)
+        assert on_disk["test"][name]["words"] == sum(len(r.split()) for r in refs) > 0
+        assert on_disk["test"][name]["cer"] == pytest.approx(jiwer.cer(refs, hyps))
     assert Path(on_disk["best_checkpoint"]).is_file()
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
-def test_ptq_eval_quantizes_the_float_checkpoint(trained, tmp_path):
-    results, _, data = trained
-    cfg = cfg_of("eval", TINY + data + [f"ckpt={results['best_checkpoint']}",
-                                        "quant=int2_asym_g32"])
-    out = run_eval(cfg, tmp_path)
+def test_ptq_eval_quantizes_the_float_checkpoint(shipped, cfg_of, corpus, tmp_path):
+    float_, _ = shipped
+    out = run_eval(cfg_of("eval", corpus + [f"ckpt={SHIPPED}", "quant=int2_asym_g32"]),
+                   tmp_path)
     assert out["mode"] == "ptq" and out["recipe"]["name"] == "int2_asym_g32"
     assert 2.9 < out["effective_bits"] < 3.5
-    assert out["size_bytes"] < results["size_bytes"] / 4
-    assert out["test"]["test"]["words"] == results["test"]["test"]["words"]
+    assert out["size_bytes"] < float_["size_bytes"] / 4
+    for name in SETS:
+        ptq, ref = out["test"][name], float_["test"][name]
+        assert ptq["words"] == ref["words"]
+        assert ptq["loss"] > ref["loss"]  # the weights evaluated were the 2-bit ones
+        assert ptq["wer"] < 0.5  # and still recognise: a broken quantizer would not
 
 
-def test_qat_fine_tunes_from_float_and_its_checkpoint_evaluates_quantized(trained, tmp_path):
-    results, _, data = trained
-    cfg = cfg_of("train", TINY + TINY_MODEL + data + [f"init_from={results['best_checkpoint']}",
-                                         "experiment=qat_int4", "trainer.max_epochs=1"])
+def test_qat_fine_tunes_from_float_and_its_checkpoint_evaluates_quantized(cfg_of, corpus,
+                                                                            tmp_path):
+    cfg = cfg_of("train", corpus + [f"init_from={SHIPPED}", "experiment=qat_int4",
+                                    "trainer.max_epochs=1"])
     qat = run_train(cfg, tmp_path / "qat")
     assert qat["mode"] == "qat" and qat["effective_bits"] < 5
     ckpt = torch.load(qat["best_checkpoint"], weights_only=True)
     assert ckpt["asrquant_quantization"]["recipe"]["name"] == "int4_asym_g128"
-    cfg = cfg_of("eval", TINY + data + [f"ckpt={qat['best_checkpoint']}"])
+    cfg = cfg_of("eval", corpus + [f"ckpt={qat['best_checkpoint']}"])
     again = run_eval(cfg, tmp_path / "eval")
     assert again["mode"] == "qat"
-    assert again["test"]["test"]["wer"] == pytest.approx(qat["test"]["test"]["wer"])
+    for name in SETS:  # the reloaded model is the one QAT tested, fake quantization included
+        refs, hyps = predictions(tmp_path / "eval", name)
+        assert all(hyps) and again["test"][name]["wer"] < 0.5, name  # informative
+        assert predictions(tmp_path / "qat", name) == (refs, hyps)
+        assert again["test"][name]["wer"] == qat["test"][name]["wer"]
+        # the loss moves with any weight: reloaded without fake quantization it would differ
+        assert again["test"][name]["loss"] == pytest.approx(qat["test"][name]["loss"],
+                                                            rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -85,13 +124,14 @@ def test_qat_fine_tunes_from_float_and_its_checkpoint_evaluates_quantized(traine
         (["optim.lr=-1"], "optim.lr=-1 is invalid"),
     ],
 )
-def test_bad_values_fail_before_any_work_naming_key_value_and_allowed(overrides, needle):
+def test_bad_values_fail_before_any_work_naming_key_value_and_allowed(cfg_of, overrides,
+                                                                      needle):
     with pytest.raises(ValueError) as e:
         validate_config(cfg_of("train", overrides), "train")
     assert needle in str(e.value)
 
 
-def test_unknown_recipe_and_misspelt_keys_are_refused_by_composition():
+def test_unknown_recipe_and_misspelt_keys_are_refused_by_composition(cfg_of):
     options = r"(?s)quant/int9.*Available options in .quant.:.*int2_asym_g32"
     with pytest.raises(MissingConfigException, match=options):
         cfg_of("train", ["quant=int9"])
@@ -99,18 +139,18 @@ def test_unknown_recipe_and_misspelt_keys_are_refused_by_composition():
         cfg_of("train", ["quant.bitz=2"])
 
 
-def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(trained,
-                                                                             tmp_path):
+def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(
+        trained, corpus, tmp_path):
     import subprocess
     import sys
 
-    results, _, data = trained
+    results, _ = trained
     missing = tmp_path / "missing.ckpt"
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "asrquant.cli.eval", "-m",
            f"ckpt={results['best_checkpoint']},{missing}", "quant=float,int4",
            f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-           *TINY, *data]
+           *corpus]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("results.json"))
@@ -127,9 +167,9 @@ def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(t
 
 
 def test_ljspeech_flac_sentences_go_through_the_manifest_reader_and_evaluation(
-        trained, tmp_path, shared_dir):
+        trained, cfg_of, tmp_path, shared_dir):
     """Real read speech (FLAC, long sentences, punctuation and case) scored end to end."""
-    results, _, _ = trained
+    results, _ = trained
     src = Path(shared_dir) / "data" / "ljspeech-part1" / "all.jsonl"
     lines = [json.loads(x) for x in src.read_text().splitlines()[:8]]
     for x in lines:  # absolute paths: the manifest now lives elsewhere
@@ -144,27 +184,27 @@ def test_ljspeech_flac_sentences_go_through_the_manifest_reader_and_evaluation(
     assert lj["utterances"] == 8
     # scored on normalised text: "well-known," -> "well known"
     assert lj["words"] == sum(len(normalize_text(x["text"]).split()) for x in lines)
-    preds = (tmp_path / "run" / "predictions").glob("test_test_*.tsv")
-    refs = [line.split("\t")[1] for line in next(preds).read_text().splitlines()[1:]]
+    refs, _ = predictions(tmp_path / "run", "test")
     assert all(r == r.lower() and "," not in r for r in refs)  # normalised references
 
 
-def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(trained, tmp_path):
+def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(cfg_of, corpus,
+                                                                          tmp_path):
     from asrquant.runs import run_export
 
-    results, _, data = trained
-    ckpt = f"ckpt={results['best_checkpoint']}"
-    ptq = run_eval(cfg_of("eval", TINY + data + [ckpt, "quant=int2_asym_g32_mse",
-                                                 "export=true"]), tmp_path / "ptq")
+    ckpt = f"ckpt={SHIPPED}"
+    ptq = run_eval(cfg_of("eval", corpus + [ckpt, "quant=int2_asym_g32_mse", "export=true"]),
+                   tmp_path / "ptq")
     exp = run_export(cfg_of("export", [ckpt, "quant=int2_asym_g32_mse"]), tmp_path / "exp")
     assert exp["tensor_bytes"] == exp["predicted_bytes"]
     # eval's export=true writes the same file as asrquant-export
     written = tmp_path / "ptq" / "model.safetensors"
     assert ptq["file_bytes"] == exp["file_bytes"] == written.stat().st_size
-    packed = run_eval(cfg_of("eval", TINY + data + [f"packed={written}"]), tmp_path / "pk")
+    packed = run_eval(cfg_of("eval", corpus + [f"packed={written}"]), tmp_path / "pk")
     assert packed["mode"] == "packed"
-    for name in ("test", "heldout_voices"):
+    for name in SETS:
+        refs, hyps = predictions(tmp_path / "ptq", name)
+        assert all(hyps) and ptq["test"][name]["wer"] < 0.5, name  # informative
+        assert predictions(tmp_path / "pk", name) == (refs, hyps)
         assert packed["test"][name]["wer"] == ptq["test"][name]["wer"]
-        a = sorted((tmp_path / "ptq" / "predictions").glob(f"test_{name}_*.tsv"))[0]
-        b = sorted((tmp_path / "pk" / "predictions").glob(f"test_{name}_*.tsv"))[0]
-        assert a.read_text() == b.read_text()
+        assert packed["test"][name]["loss"] == ptq["test"][name]["loss"]  # bit-exact logits
