@@ -1,10 +1,11 @@
 """Packed export: bit-exact with fake quantization, packed storage only, corrupt files refused."""
 
 import json
-import struct
+import pickle
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from asrquant.data.tokenizer import CharTokenizer
@@ -46,6 +47,7 @@ def reference(ckpt, recipe):
 
 AUDIO = torch.randn(3, 12000, generator=torch.Generator().manual_seed(1))
 LENS = torch.tensor([12000, 9000, 4000])
+KEY = "model.encoder.conformer_layers.0.ffn1.sequential.1.weight"
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -76,20 +78,42 @@ def test_packed_modules_keep_only_packed_codes_as_weight_storage(ckpt, tmp_path)
     assert type(m.model.ctc_head) is torch.nn.Linear  # the rule kept it float
 
 
-def test_file_is_safetensors_without_pickle_and_sizes_follow_the_bit_width(ckpt, tmp_path):
-    export_packed(ckpt, RECIPES["int2_asym_g32"], tmp_path / "m.safetensors")
-    raw = (tmp_path / "m.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    assert header["__metadata__"]["format_version"] == str(FORMAT_VERSION)
-    assert b"\x80\x04" not in raw[:2]  # not a pickle stream
-    info = header["model.encoder.conformer_layers.0.ffn1.sequential.1.weight::packed"]
-    assert info["dtype"] == "U8" and info["shape"] == [64 * 32 // 4]
+def test_file_is_plain_safetensors_and_sizes_follow_the_bit_width(ckpt, tmp_path):
+    path = tmp_path / "m.safetensors"
+    export_packed(ckpt, RECIPES["int2_asym_g32"], path)
+    with safe_open(str(path), "pt") as f:  # any safetensors reader opens it
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format"] == "asrquant.packed"
+    assert meta["format_version"] == str(FORMAT_VERSION)
+    assert json.loads(meta["model_config"]) == ckpt["model_config"]
+    assert json.loads(meta["tokenizer_state"]) == ckpt["tokenizer_state"]
+    packed = tensors[KEY + "::packed"]  # a 64 x 32 weight, 4 two-bit codes per byte
+    assert packed.dtype == torch.uint8 and packed.shape == (64 * 32 // 4,)
+    assert torch.equal(tensors["model.ctc_head.bias"], ckpt["state_dict"]["model.ctc_head.bias"])
+
+
+def test_loading_never_unpickles(ckpt, tmp_path, monkeypatch):
+    """The packed file loads with torch.load and pickle out of reach. A pickle handed to the
+    loader is refused unread: tests/reliability/test_model_files.py
+    (test_a_ckpt_passed_as_packed_file_is_refused_unread)."""
+    path = tmp_path / "m.safetensors"
+    export_packed(ckpt, RECIPES["mixed"], path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a packed file unpickled something")
+
+    for owner, name in [(torch, "load"), (torch.serialization, "load"), (pickle, "load"),
+                        (pickle, "loads"), (pickle, "Unpickler")]:
+        monkeypatch.setattr(owner, name, refuse)
+    packed = load_quantized(path)
+    with torch.no_grad():
+        a, _ = packed(AUDIO, LENS)
+        b, _ = reference(ckpt, RECIPES["mixed"])(AUDIO, LENS)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def tamper(src, dst, fn, metadata_fn=None):
-    from safetensors import safe_open
-
     with safe_open(str(src), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(src))
@@ -97,9 +121,6 @@ def tamper(src, dst, fn, metadata_fn=None):
     if metadata_fn:
         metadata_fn(meta)
     save_file(tensors, str(dst), metadata=meta)
-
-
-KEY = "model.encoder.conformer_layers.0.ffn1.sequential.1.weight"
 
 
 @pytest.mark.parametrize(
