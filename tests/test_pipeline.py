@@ -1,7 +1,6 @@
 """End to end on a tiny synthetic corpus: train, PTQ eval, QAT, results.json, config errors.
 Checks that two paths give the same WER use the shipped float model, which recognises the
-corpus (a tiny model trained for seconds outputs only blanks: WER 1.0 on every path, right
-or wrong)."""
+corpus (a tiny model trained for seconds scores WER 1.0 on every path, right or wrong)."""
 
 import json
 from pathlib import Path
