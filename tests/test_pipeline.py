@@ -153,6 +153,11 @@ def test_a_joblib_sweep_records_failed_members_and_the_report_keeps_the_others(
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("results.json"))
+    # one folder per member, named by its number and overrides, never by the checkpoint's path
+    folders = sorted(p.parent for p in sweep.rglob("results.json"))
+    assert [f.parent for f in folders] == [sweep] * 4
+    assert [f.name.split("_")[0] for f in folders] == ["0", "1", "2", "3"]
+    assert all("quant=" in f.name and "ckpt" not in f.name for f in folders), folders
     assert statuses == ["failed", "failed", "ok", "ok"]
     report = subprocess.run([sys.executable, "-m", "asrquant.cli.report", str(sweep)],
                             capture_output=True, text=True, timeout=300)

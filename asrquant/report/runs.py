@@ -91,6 +91,21 @@ def _names_a_file(key: str, value: str) -> bool:
         return False
 
 
+def without_paths(overrides) -> list[str]:
+    """The overrides, in order, less every one that names a file or folder: PATH_KEYS and any
+    key under them (`+data.extra_test.other=/data/x.jsonl`), Hydra's own, or a value that
+    is a path. Paths are long, and '/' in a folder name nests folders."""
+    return [o for o in overrides
+            if not _names_a_file(o.partition("=")[0].lstrip("+~"), o.partition("=")[2])]
+
+
+def folder_overrides(overrides) -> str:
+    """What follows a sweep member's number in its folder name (conf/hydra/default.yaml):
+    its overrides as Hydra's override_dirname writes them (sorted, joined by ','), less
+    every path (see without_paths)."""
+    return ",".join(sorted(without_paths(overrides)))
+
+
 def naming_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     """(key, value) of the overrides that may name a run: not paths, not data files, not
     `quant` or `quant.*` (the recipe label says what ran: `quant=int8 quant.bits=2` is

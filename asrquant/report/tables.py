@@ -11,7 +11,7 @@ from pathlib import Path
 from asrquant.io import atomic_write_text
 
 from .findings import finding_items
-from .runs import pareto_front, study_rows
+from .runs import pareto_front, study_rows, without_paths
 
 COLUMNS = ["run", "mode", "recipe", "bits", "sym", "granularity", "group", "clip", "size_mb",
            "vs_float", "vs_4bit", "eff_bits", "wer", "cer", "rel_wer_change", "words"]
@@ -49,7 +49,7 @@ def markdown(rows, failed, best4, test_set, words) -> str:
     if failed:
         lines += ["", "Failed runs:", ""]
         for r in failed:
-            overrides = " ".join(r.get("overrides") or [])
+            overrides = " ".join(without_paths(r.get("overrides") or []))
             where = f"`{r['_path']}`" + (f" (`{overrides}`)" if overrides else "")
             lines.append(f"- {where}: {failure_text(r)}")
     return "\n".join(lines) + "\n"

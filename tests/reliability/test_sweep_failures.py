@@ -48,7 +48,9 @@ def test_sweep_with_a_raising_an_oom_and_a_killed_member_still_reports_the_rest(
     report_main([str(sweep)])
     md = (sweep / "results.md").read_text()
     assert "| int4 sym ch |" in md and "| int3 sym ch |" in md
-    assert "- `1` (`ckpt=" in md
+    # failed members are listed with their overrides, less the paths (ckpt, data cache)
+    assert "- `1` (`quant=int4 quant.bits=9 data.synthetic.n_train=24" in md
+    assert str(tiny_ckpt) not in md and str(corpus_cache) not in md
     assert ("quant.bits=9 data.synthetic.n_train=24" in md
             and "`): ValueError: QuantSpec.bits=9 is invalid; allowed: an int in 1..8") in md
     assert ("`): OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB "
