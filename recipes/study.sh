@@ -66,7 +66,17 @@ case $MODE in
 esac
 mkdir -p "$OUT"
 started=$SECONDS
-stage() { echo "== $1 ($(( (SECONDS - started) / 60 )) min)"; }
+# Each stage's wall time is printed when it ends and written, with the machine, to
+# $OUT/timing.json and $DOCS/timing.json at the end (what README's main-job time quotes).
+STAGES=$OUT/.stages.tsv; : > "$STAGES"; stage_name=; stage_start=$SECONDS
+end_stage() {
+  [[ -n $stage_name ]] || return 0
+  local s=$(( SECONDS - stage_start ))
+  printf '%s\t%s\n' "$stage_name" "$s" >> "$STAGES"
+  echo "   ($s s)"
+}
+stage() { end_stage; stage_name=${1%%$'\n'*}; stage_start=$SECONDS
+          echo "== $1 ($(( (SECONDS - started) / 60 )) min)"; }
 
 source "recipes/lib.sh"
 size_mb_of() {  # size_mb (as asrquant-eval reports it) of the run in folder $1
@@ -152,4 +162,8 @@ fi
 
 stage "7. report"
 $BIN/asrquant-report "$OUT" --out "$DOCS" --title "$TITLE"
-echo "done in $(( (SECONDS - started) / 60 )) min: $DOCS/results.md"
+end_stage
+$BIN/python recipes/timing.py "$STAGES" "$OUT/timing.json" corpus="$CORPUS" mode="$MODE" \
+  threads="$THREADS" from_stage="$FROM" ckpt="${CKPT}"
+[[ "$(realpath "$DOCS")" == "$(realpath "$OUT")" ]] || cp "$OUT/timing.json" "$DOCS/timing.json"
+echo "done in $(( SECONDS - started )) s: $DOCS/results.md, $DOCS/timing.json"

@@ -32,3 +32,8 @@ def test_quick_study_runs_every_stage_and_writes_the_report(tmp_path):
     for line in exports:  # predicted bytes == tensor bytes for every file
         cells = [c.strip() for c in line.split("|")]
         assert cells[4] == cells[5], line
+    # the wall time of every stage, with the machine, as README's main-job time quotes it
+    timing = json.loads((report / "timing.json").read_text())
+    assert [s["stage"].split(".")[0] for s in timing["stages"]] == [str(n) for n in range(1, 8)]
+    assert timing["total_s"] == sum(s["wall_s"] for s in timing["stages"]) > 0
+    assert timing["mode"] == "quick" and timing["machine"]["cores"] >= 1
