@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from rel_helpers import PYTHON, ROOT, cfg_of, child_env
+from rel_helpers import PYTHON, ROOT, child_env
 
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.lightning.module import ASRModule
@@ -89,7 +89,7 @@ OTHER_CASES = [
 
 @pytest.mark.parametrize("overrides, message", QUANT_CASES + OTHER_CASES,
                          ids=lambda x: " ".join(x) if isinstance(x, list) else "")
-def test_bad_value_is_one_error_naming_key_value_and_allowed(overrides, message):
+def test_bad_value_is_one_error_naming_key_value_and_allowed(cfg_of, overrides, message):
     with pytest.raises(ValueError) as e:
         validate_config(cfg_of("train", overrides), "train")
     assert message in str(e.value)
@@ -100,7 +100,7 @@ def test_bad_value_is_one_error_naming_key_value_and_allowed(overrides, message)
     ([], "ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt (or "
          "packed=/path/to/model.safetensors)"),
 ], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
-def test_eval_config_is_checked_the_same_way(overrides, message, tmp_path):
+def test_eval_config_is_checked_the_same_way(cfg_of, overrides, message, tmp_path):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
     extra = [f"ckpt={ckpt}"] if overrides and not overrides[0].startswith("ckpt") else []
@@ -109,7 +109,7 @@ def test_eval_config_is_checked_the_same_way(overrides, message, tmp_path):
     assert message in str(e.value)
 
 
-def test_ckpt_and_packed_together_is_refused(tmp_path):
+def test_ckpt_and_packed_together_is_refused(cfg_of, tmp_path):
     for name in ("x.ckpt", "m.safetensors"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match="are both set; allowed: one of them"):
@@ -124,7 +124,8 @@ def test_ckpt_and_packed_together_is_refused(tmp_path):
     (["data=tfrecord"], "data", "manifest"),
     (["experiment=qat_int9"], "experiment", "qat_int2"),
 ])
-def test_unknown_recipe_or_group_option_lists_the_available_ones(overrides, group, option):
+def test_unknown_recipe_or_group_option_lists_the_available_ones(cfg_of, overrides, group,
+                                                               option):
     name = overrides[0].split("=")[1]
     with pytest.raises(MissingConfigException) as e:
         cfg_of("train", overrides)
@@ -137,7 +138,7 @@ def test_unknown_recipe_or_group_option_lists_the_available_ones(overrides, grou
     ("quant.bitz=2", "bitz"), ("thread=2", "thread"), ("data.polcy=skip", "polcy"),
     ("model.num_layer=2", "num_layer"), ("trainer.max_epoch=3", "max_epoch"),
 ])
-def test_misspelt_key_is_refused_naming_it(override, key):
+def test_misspelt_key_is_refused_naming_it(cfg_of, override, key):
     with pytest.raises(ConfigCompositionException) as e:
         cfg_of("train", [override])
     text = f"{e.value} {e.value.__cause__}"
@@ -166,7 +167,7 @@ def test_rule_pattern_matching_no_parameter_warns_naming_it_or_fails_when_strict
         attach_fake_quant(tiny_module(), good, strict=True)
 
 
-def test_a_rule_matching_nothing_fails_at_config_check_when_strict_before_any_data():
+def test_a_rule_matching_nothing_fails_at_config_check_when_strict_before_any_data(cfg_of):
     bad = ["quant=mixed_attn4_rest2", "+quant.rules=[{pattern: '*.self_atn.*', bits: 4}]",
            "data.synthetic.n_train=-1"]  # data would fail later: the rule must fail first
     with pytest.raises(ValueError, match=r"\['\*\.self_atn\.\*'\] match no parameter"):
