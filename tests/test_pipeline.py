@@ -77,6 +77,18 @@ def test_training_writes_results_json_with_everything_a_table_needs(trained):
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_eval_scores_the_dev_split_training_chose_on_apart_from_the_test_sets(shipped, cfg_of,
+                                                                            corpus, tmp_path):
+    out, run = shipped
+    assert set(out["test"]) == set(SETS)  # dev is not a test set
+    refs, hyps = predictions(run, "dev")
+    assert out["dev"]["utterances"] == len(refs) == 6  # data.synthetic.n_dev of tiny_data
+    assert out["dev"]["words"] == sum(len(r.split()) for r in refs) and all(hyps)
+    assert out["dev"]["wer"] < 0.5
+    plain = run_eval(cfg_of("eval", corpus + [f"ckpt={SHIPPED}", "score_dev=false"]), tmp_path)
+    assert "dev" not in plain and plain["test"] == out["test"]
+
+
 def test_ptq_eval_quantizes_the_float_checkpoint(shipped, cfg_of, corpus, tmp_path):
     float_, _ = shipped
     out = run_eval(cfg_of("eval", corpus + [f"ckpt={SHIPPED}", "quant=int2_asym_g32"]),

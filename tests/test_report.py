@@ -24,14 +24,22 @@ from asrquant.report import (
 
 
 def result(mode, name, bits, size, wer, sym=False, gran="group", group=32, clip="none",
-           rules=()):
+           rules=(), dev=None):
+    """A results.json: eval runs (float, ptq) score the dev split as `dev` (asrquant-eval),
+    training runs (qat, finetune) record `best_dev_wer`. `dev` defaults to the test WER."""
     recipe = None if mode == "float" else {
         "name": name, "rules": list(rules),
         "default": {"bits": bits, "symmetric": sym, "granularity": gran, "group_size": group,
                     "clip": clip}}
-    return {"status": "ok", "mode": mode, "recipe": recipe, "size_bytes": int(size * 1e6),
-            "effective_bits": bits, "test": {"test": {"wer": wer, "cer": wer / 2,
-                                                       "words": 1000}}}
+    dev = wer if dev is None else dev
+    out = {"status": "ok", "mode": mode, "recipe": recipe, "size_bytes": int(size * 1e6),
+           "effective_bits": bits, "test": {"test": {"wer": wer, "cer": wer / 2,
+                                                      "words": 1000}}}
+    if mode in ("float", "ptq"):
+        out["dev"] = {"wer": dev, "cer": dev / 2, "words": 500}
+    else:
+        out["best_dev_wer"] = dev
+    return out
 
 
 @pytest.fixture
@@ -64,6 +72,33 @@ def test_rows_carry_sizes_relative_to_float_and_to_the_best_4_bit_run(sweep):
     assert [f["_path"] for f in failed] == ["6"]
 
 
+def test_the_best_4_bit_run_is_chosen_by_dev_wer_never_by_test_wer(tmp_path):
+    runs = {"0": result("ptq", "a", 4, 1.0, 0.10, dev=0.20),   # best on test
+            "1": result("ptq", "b", 4, 1.1, 0.12, dev=0.15),   # best on dev
+            "2": result("ptq", "c", 2, 0.5, 0.30, dev=0.30)}
+    for name, r in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    rows, _, best4 = build_rows(load_runs(tmp_path), "test")
+    assert best4["folder"] == "1" and best4["dev_wer"] == 0.15
+    assert {r["folder"]: r["vs_4bit"] for r in rows}["2"] == pytest.approx(0.5 / 1.1)
+    main([str(tmp_path)])
+    assert "(chosen by dev WER, never test): ptq int4 asym g32 (1)" in (
+        tmp_path / "results.md").read_text()
+
+
+def test_without_dev_wer_there_is_no_4_bit_reference_and_the_report_says_why(tmp_path):
+    runs = {"0": result("ptq", "a", 4, 1.0, 0.10), "1": result("ptq", "c", 2, 0.5, 0.3)}
+    for name, r in runs.items():
+        r.pop("dev")  # results from before asrquant-eval scored the dev split
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    rows, _, best4 = build_rows(load_runs(tmp_path), "test")
+    assert best4 is None and all(r["vs_4bit"] is None for r in rows)
+    main([str(tmp_path)])
+    assert "no 4-bit PTQ run recorded a dev WER" in (tmp_path / "results.md").read_text()
+
+
 def test_pareto_front_keeps_only_undominated_runs(sweep):
     rows, _, _ = build_rows(load_runs(sweep), "test")
     front = [r["recipe"] for r in pareto_front(rows)]
@@ -91,8 +126,9 @@ def study_sweep(tmp_path):
     runs = {
         "float": result("float", None, 32, 8.0, 0.10),
         "control": result("finetune", None, 32, 8.0, 0.09),
-        "i4": result("ptq", "i4", 4, 1.2, 0.10, group=128),
-        "i4mse": result("ptq", "i4m", 4, 1.2, 0.11, group=128, clip="mse"),
+        # best on test, not on dev: the reference must be i4mse (best on dev)
+        "i4": result("ptq", "i4", 4, 1.2, 0.10, group=128, dev=0.13),
+        "i4mse": result("ptq", "i4m", 4, 1.2, 0.11, group=128, clip="mse", dev=0.12),
         "a32": result("ptq", "a32", 2, 0.8, 0.20),
         "a32mse": result("ptq", "a32m", 2, 0.8, 0.18, clip="mse"),
         "s32": result("ptq", "s32", 2, 0.7, 0.60, sym=True),
@@ -114,7 +150,9 @@ def test_study_table_has_one_row_per_recipe_with_ptq_and_qat_wer_and_file_size(t
     a32 = by["int2 asym g32"]
     assert (a32["ptq_wer"], a32["qat_wer"]) == (0.20, 0.0905)
     assert a32["size_bytes"] == 812_345 and a32["from_file"]  # the exported file wins
-    assert best4["recipe"] == "int4 asym g128"  # lowest PTQ WER among 4-bit recipes
+    # lowest PTQ dev WER among 4-bit recipes (int4 asym g128 has the lower test WER)
+    assert best4["recipe"] == "int4 asym g128 mse"
+    assert (by["int4 asym g128"]["ptq_dev_wer"], best4["ptq_dev_wer"]) == (0.13, 0.12)
     assert a32["vs_best_4bit"] == pytest.approx(0.812345 / 1.2)
     assert a32["rel_wer_qat"] == pytest.approx((0.0905 - 0.09) / 0.09)
 
@@ -180,7 +218,7 @@ def test_names_of_a_sweep_with_path_overrides_are_short_and_say_what_differs(tmp
     md = (tmp_path / "results.md").read_text()
     cells = [[c.strip(" *") for c in line.strip("|").split("|")] for line in md.splitlines()
              if line.startswith("| ")]
-    table = [c[0] for c in cells if len(c) == 16 and c[1] == "ptq"]  # the table of every run
+    table = [c[0] for c in cells if len(c) == 17 and c[1] == "ptq"]  # the table of every run
     assert sorted(table) == names
     assert all("/" not in n and len(n) < 60 for n in table)
     assert "long/path" not in md and "some/path" not in md

@@ -168,6 +168,24 @@ def _spec_fields(run: dict) -> dict:
     }
 
 
+def dev_wer(run: dict) -> float | None:
+    """A run's WER on the dev split, where references are chosen (never on test): an eval
+    run's `dev` scores (asrquant-eval score_dev=true, the default), or a training run's
+    dev WER at its best checkpoint (`best_dev_wer`). None when the run recorded neither."""
+    if isinstance(run.get("dev"), dict) and run["dev"].get("wer") is not None:
+        return float(run["dev"]["wer"])
+    if run.get("mode") in ("qat", "finetune", "float") and run.get("best_dev_wer") is not None:
+        return float(run["best_dev_wer"])
+    return None
+
+
+def best_on_dev(rows: list[dict], key: str = "dev_wer") -> dict | None:
+    """The row with the lowest dev WER (`key`), the smaller file on a tie; None when no row
+    has one. Test WER never enters the choice."""
+    scored = [r for r in rows if r.get(key) is not None]
+    return min(scored, key=lambda r: (r[key], r["size_mb"])) if scored else None
+
+
 def build_rows(runs: list[dict], test_set: str, baseline: dict | None = None):
     """Every ok run with `test_set` as a row (sizes against float and the best 4-bit run, WER
     change against the float baseline), the runs that are not ok, and the best 4-bit row."""
@@ -181,9 +199,9 @@ def build_rows(runs: list[dict], test_set: str, baseline: dict | None = None):
         rows.append({"run": r.get("_name") or r["_path"], "folder": r["_path"],
                      "mode": r.get("mode", ""), **_spec_fields(r),
                      "size_mb": r["size_bytes"] / 1e6, "eff_bits": r.get("effective_bits"),
-                     "wer": t["wer"], "cer": t.get("cer"), "words": t.get("words")})
-    fours = [row for row in rows if row["bits"] == 4]
-    best4 = min(fours, key=lambda row: row["wer"]) if fours else None
+                     "wer": t["wer"], "cer": t.get("cer"), "words": t.get("words"),
+                     "dev_wer": dev_wer(r)})
+    best4 = best_on_dev([row for row in rows if row["bits"] == 4 and row["mode"] == "ptq"])
     base_size = base["size_bytes"] / 1e6 if base else None
     base_wer = base["test"][test_set]["wer"] if base else None
     for row in rows:
@@ -216,7 +234,8 @@ def _run_bytes(run: dict) -> tuple[int, bool]:
 
 def study_rows(runs: list[dict], test_set: str):
     """One row per recipe. PTQ WER from the post-training run (for float: the baseline),
-    QAT WER from the fine-tuned run (for float: the control fine-tuned for the same steps)."""
+    QAT WER from the fine-tuned run (for float: the control fine-tuned for the same steps),
+    each with its dev WER. The best 4-bit recipe is the PTQ one best on dev."""
     ok = [r for r in runs if r.get("status") == "ok" and test_set in (r.get("test") or {})]
     by_label: dict[str, dict] = {}
     for r in ok:
@@ -225,9 +244,9 @@ def study_rows(runs: list[dict], test_set: str):
         row["runs"].append(r["_path"])
         wer = r["test"][test_set]["wer"]
         if r.get("mode") in ("ptq", "float"):
-            row["ptq_wer"] = wer
+            row["ptq_wer"], row["ptq_dev_wer"] = wer, dev_wer(r)
         elif r.get("mode") in ("qat", "finetune"):
-            row["qat_wer"] = wer
+            row["qat_wer"], row["qat_dev_wer"] = wer, dev_wer(r)
         else:
             continue
         nbytes, from_file = _run_bytes(r)
@@ -238,8 +257,7 @@ def study_rows(runs: list[dict], test_set: str):
         r["size_mb"] = r["size_bytes"] / 1e6
     floats = [r for r in rows if r["bits"] == 32]
     base = floats[0] if floats else None
-    fours = [r for r in rows if r["bits"] == 4 and r.get("ptq_wer") is not None]
-    best4 = min(fours, key=lambda r: (r["ptq_wer"], r["size_bytes"])) if fours else None
+    best4 = best_on_dev([r for r in rows if r["bits"] == 4], "ptq_dev_wer")
     for r in rows:
         r["vs_float32"] = r["size_bytes"] / base["size_bytes"] if base else None
         r["vs_best_4bit"] = r["size_bytes"] / best4["size_bytes"] if best4 else None

@@ -14,9 +14,9 @@ from .findings import finding_items
 from .runs import pareto_front, study_rows, without_paths
 
 COLUMNS = ["run", "mode", "recipe", "bits", "sym", "granularity", "group", "clip", "size_mb",
-           "vs_float", "vs_4bit", "eff_bits", "wer", "cer", "rel_wer_change", "words"]
-STUDY_COLUMNS = ["recipe", "bits", "sym", "granularity", "group", "clip", "ptq_wer", "qat_wer",
-                 "size_mb", "vs_float32", "vs_best_4bit", "rel_wer_ptq", "rel_wer_qat"]
+           "vs_float", "vs_4bit", "eff_bits", "wer", "cer", "rel_wer_change", "words", "dev_wer"]
+STUDY_COLUMNS = ["recipe", "bits", "sym", "granularity", "group", "clip", "ptq_wer", "ptq_dev_wer",
+                 "qat_wer", "size_mb", "vs_float32", "vs_best_4bit", "rel_wer_ptq", "rel_wer_qat"]
 
 
 def _fmt(v, col):
@@ -29,16 +29,27 @@ def _fmt(v, col):
             return f"{v:.3f}"
         if col == "rel_wer_change":
             return f"{v:+.1%}"
-        if col in ("wer", "cer"):
+        if col in ("wer", "cer", "dev_wer"):
             return f"{v:.4f}"
         return f"{v:.3f}"
     return str(v)
 
 
+def best4_note(best4, name, rows) -> str:
+    """How the 4-bit reference was chosen: by dev WER, or why there is none."""
+    if best4:
+        return f"(chosen by dev WER, never test): {name}"
+    if any(r["bits"] == 4 for r in rows):
+        return ("(none: no 4-bit PTQ run recorded a dev WER; results from before asrquant-eval "
+                "scored the dev split must be rerun)")
+    return "(none: no 4-bit PTQ run)"
+
+
 def markdown(rows, failed, best4, test_set, words) -> str:
     lines = [f"Test set: `{test_set}` ({words} words). Sizes count codes, scales and zero points "
              "and float parameters (see docs/method.md). `vs_4bit`: relative to the best 4-bit "
-             f"run{' (' + best4['run'] + ')' if best4 else ''}. Pareto-optimal runs in bold.",
+             f"PTQ run {best4_note(best4, best4 and best4['run'], rows)}. `dev_wer`: the dev "
+             "split, where references are chosen. Pareto-optimal runs in bold.",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     front = {id(r) for r in pareto_front(rows)}
     for r in rows:
@@ -85,11 +96,13 @@ def study_markdown(rows, best4, test_set: str, words: int) -> str:
              f"points). PTQ: post-training quantization of the float model; QAT: fine-tuned "
              f"with fake quantization; the float row's QAT column is the float control "
              f"fine-tuned for the same steps. `rel_wer_*`: relative to the float baseline "
-             f"(PTQ) or the float control (QAT). Best 4-bit: "
-             f"{best4['recipe'] if best4 else 'none'}; {file_note}.", "",
+             f"(PTQ) or the float control (QAT). `ptq_dev_wer`: the PTQ run on the dev split. "
+             f"Best 4-bit {best4_note(best4, best4 and best4['recipe'], rows)}; {file_note}.",
+             "",
              "| " + " | ".join(STUDY_COLUMNS) + " |", "|" + "---|" * len(STUDY_COLUMNS)]
-    fmt = {"ptq_wer": "wer", "qat_wer": "wer", "vs_float32": "vs_float", "vs_best_4bit":
-           "vs_4bit", "rel_wer_ptq": "rel_wer_change", "rel_wer_qat": "rel_wer_change"}
+    fmt = {"ptq_wer": "wer", "ptq_dev_wer": "wer", "qat_wer": "wer", "vs_float32": "vs_float",
+           "vs_best_4bit": "vs_4bit", "rel_wer_ptq": "rel_wer_change",
+           "rel_wer_qat": "rel_wer_change"}
     for r in rows:
         cells = [_fmt(r.get(c), fmt.get(c, c)) for c in STUDY_COLUMNS]
         if not r["from_file"]:

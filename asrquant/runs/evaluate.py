@@ -41,7 +41,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     run = start_run(cfg, run_dir)
     cfg, run_dir = run.cfg, run.dir
     recipe = recipe_of(cfg)
-    sources = data_sources({**cfg["data"], "dev_fraction": 0.0})
+    sources = eval_sources(cfg)
     test_names = names_of_test_sets(sources)
     if cfg.get("packed"):
         return _eval_packed(run, sources, test_names)
@@ -57,7 +57,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     trainer = make_trainer(cfg, run_dir, callbacks, checkpoints=False)
     trainer.test(module, datamodule=datamodule)
     results = {"mode": "qat" if qat_ckpt else ("ptq" if recipe else "float"),
-               "ckpt": str(cfg["ckpt"]), "test": dict(module.last_results)}
+               "ckpt": str(cfg["ckpt"]), **scored_sets(module.last_results)}
     if qat_ckpt:
         recipe = recipe_of_checkpoint(ckpt)
     results.update(size_fields(size_report(module, recipe), recipe))
@@ -67,6 +67,33 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
         info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors")
         results["file_bytes"] = info["file_bytes"]
     return finish_run(run, results)
+
+
+DEV = "dev"
+
+
+def eval_sources(cfg: dict) -> dict:
+    """The data sources of an eval run. With `score_dev` (the default) the dev split, the one
+    training chose its checkpoint on (same data config, same seed), is scored too, as a test
+    set named "dev": reference recipes (the best 4-bit model of a study) are chosen on it,
+    never on test. `score_dev=false` skips it (and reading the training manifest when the
+    dev split is carved from it)."""
+    if not cfg.get("score_dev", True):
+        return data_sources({**cfg["data"], "dev_fraction": 0.0})
+    sources = data_sources(cfg["data"])
+    if sources["val"] is not None:
+        if DEV in sources["extra_test"]:
+            raise ValueError(f"data.extra_test has a set named {DEV!r}, the name of the dev "
+                             "split that eval scores: rename it, or set score_dev=false")
+        sources["extra_test"] = {**sources["extra_test"], DEV: sources["val"]}
+    return sources
+
+
+def scored_sets(last_results: dict) -> dict:
+    """{"test": {set: scores}, "dev": scores} (dev only when it was scored)."""
+    scores = dict(last_results)
+    dev = scores.pop(DEV, None)
+    return {"test": scores, **({DEV: dev} if dev is not None else {})}
 
 
 def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
@@ -86,7 +113,7 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
         recipe = QuantRecipe.from_dict(json.loads(f.metadata()["recipe"]))
     results = {"mode": "packed", "packed": str(cfg["packed"]),
                "file_bytes": Path(cfg["packed"]).stat().st_size,
-               "test": dict(module.last_results)}
+               **scored_sets(module.last_results)}
     # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
     float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
     results.update(size_fields(size_report(float_module, recipe), recipe))

@@ -60,6 +60,8 @@ def validate_config(cfg, kind: str):
             skeleton = ASRModule(model_config, tok, **optim_kwargs(cfg.get("optim") or {}))
         if recipe is not None and recipe.rules and not cfg.get("init_from"):
             recipe.plan(skeleton, strict=strict)
+    if kind == "eval":
+        check_bool("score_dev", cfg.get("score_dev", True))
     if kind == "eval" and not cfg.get("packed"):
         require_ckpt(cfg, PACKED_NOTE)
     if kind == "eval" and cfg.get("ckpt") and cfg.get("packed"):
