@@ -188,3 +188,31 @@ def sensitivity_table(search: dict, top: int = 7) -> str:
         lines.append(f"| {name} @ {cand} | {'n/a' if change is None else f'{change:+.4f}'} | "
                      f"{'' if wer is None else f'{100 * wer:.2f}%'} |")
     return "\n".join(lines) + "\n"
+
+
+def speaker_markdown(runs: list[dict], test_set: str = "test") -> str | None:
+    """Test WER per speaker (asrquant-eval's `per_speaker`), one row per run, one column per
+    speaker, so one sees whether a recipe hurts some speakers more than others; the last row
+    counts each speaker's words (one word = 100/words WER points). None when no run has it."""
+    with_table = [r for r in runs if r.get("status") == "ok"
+                  and ((r.get("test") or {}).get(test_set) or {}).get("per_speaker")]
+    if not with_table:
+        return None
+    speakers = sorted({s for r in with_table for s in r["test"][test_set]["per_speaker"]})
+    words: dict[str, int] = {}
+    lines = [f"Test set `{test_set}`: WER (%) per speaker.", "",
+             "| run | " + " | ".join(speakers) + " | all |",
+             "|" + "---|" * (len(speakers) + 2)]
+    for r in with_table:
+        t = r["test"][test_set]
+        cells = []
+        for s in speakers:
+            e = t["per_speaker"].get(s)
+            cells.append(f"{100 * e['wer']:.1f}" if e else "")
+            if e:
+                words.setdefault(s, e["words"])
+        lines.append(f"| {r.get('_name') or r.get('_path')} | " + " | ".join(cells)
+                     + f" | {100 * t['wer']:.2f} |")
+    lines.append("| words | " + " | ".join(str(words.get(s, "")) for s in speakers)
+                 + f" | {sum(words.values())} |")
+    return "\n".join(lines) + "\n"

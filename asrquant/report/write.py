@@ -14,6 +14,7 @@ from .tables import (
     curve_markdown,
     export_table,
     markdown,
+    speaker_markdown,
     study_markdown,
     write_csv,
     write_study_csv,
@@ -51,6 +52,10 @@ def write_report(runs: list[dict], out: Path, test_set: str = "test",
         if plot_group_size(out / "wer_vs_group_size.png", study,
                            f"{title}: 2-bit PTQ WER against group size"):
             written.files.append(out / "wer_vs_group_size.png")
+    speakers = speaker_markdown(runs, test_set)
+    if speakers:
+        md += "\n## Per speaker\n\n" + speakers
+        written.markdown = md
     atomic_write_text(out / "results.md", md)
     write_csv(out / "results.csv", rows, failed)
     written.files += [out / "results.md", out / "results.csv"]

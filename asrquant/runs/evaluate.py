@@ -33,6 +33,7 @@ from asrquant.runs.common import (
     size_report,
     start_run,
 )
+from asrquant.runs.speakers import add_per_speaker
 
 
 def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
@@ -56,6 +57,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
                                   cfg["data"].get("eval_policy", "error"))
     trainer = make_trainer(cfg, run_dir, callbacks, checkpoints=False)
     trainer.test(module, datamodule=datamodule)
+    add_per_speaker(module.last_results, run_dir / "predictions", sources)
     results = {"mode": "qat" if qat_ckpt else ("ptq" if recipe else "float"),
                "ckpt": str(cfg["ckpt"]), **scored_sets(module.last_results)}
     if qat_ckpt:
@@ -111,6 +113,7 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
     trainer.test(module, datamodule=datamodule)
     with safe_open(str(cfg["packed"]), "pt") as f:
         recipe = QuantRecipe.from_dict(json.loads(f.metadata()["recipe"]))
+    add_per_speaker(module.last_results, run.dir / "predictions", sources)
     results = {"mode": "packed", "packed": str(cfg["packed"]),
                "file_bytes": Path(cfg["packed"]).stat().st_size,
                **scored_sets(module.last_results)}

@@ -27,6 +27,7 @@ from asrquant.runs.blocks import (
     optim_kwargs,
 )
 from asrquant.runs.common import finish_run, recipe_of, size_fields, size_report, start_run
+from asrquant.runs.speakers import add_per_speaker
 
 
 def run_train(cfg, run_dir: str | os.PathLike) -> dict:
@@ -97,6 +98,7 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results["test"] = {n: module.last_results[n] for n in test_names
                            if n in module.last_results}
+        add_per_speaker(results["test"], predictions, sources)
     results.update(size_fields(size_report(module, recipe), recipe))
     results["bad_data"] = datamodule.bad_data_summary()
     return finish_run(run, results)
