@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from asrquant.checks import check_number
 from asrquant.data.audio import SAMPLE_RATE
+from asrquant.data.augment import Augmentation, AugmentedDataset
 from asrquant.data.readers import (
     BadDataReport,
     FailedItem,
@@ -154,6 +155,34 @@ class DurationBatchSampler(Sampler[list[int]]):
         return len(self._all_batches()[self.rank :: self.num_replicas])
 
 
+class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of a DurationBatchSampler as (epoch, index) pairs, for AugmentedDataset:
+    the epoch travels with the indices to the worker processes. set_epoch and Lightning's
+    `sampler` hook reach the wrapped sampler."""
+
+    def __init__(self, batches: DurationBatchSampler) -> None:
+        self.batches = batches
+
+    @property
+    def sampler(self) -> DurationBatchSampler:
+        return self.batches
+
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.batches.epoch
+        for batch in self.batches:
+            yield [(epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class ASRDataModule(lightning.LightningDataModule):
     """Train/val/test loaders of (audio, targets) batches from utterance sources.
 
@@ -167,6 +196,11 @@ class ASRDataModule(lightning.LightningDataModule):
     of fit and test. Batches come from DurationBatchSampler, shuffled for training only. Under
     DDP pass Trainer(use_distributed_sampler=False): training batches are split across ranks
     here, while every rank sees the whole val/test sets.
+
+    `augment` (an Augmentation, see augment.py) changes the training waveforms on the fly,
+    seeded by (seed, epoch, index); val and test audio is never augmented. With speed
+    perturbation, training batches are formed from the longest each utterance can become
+    (duration / slowest factor), so max_batch_seconds still bounds the padded audio.
     """
 
     def __init__(
@@ -182,6 +216,7 @@ class ASRDataModule(lightning.LightningDataModule):
         max_duration: float | None = None,
         sample_rate: int = SAMPLE_RATE,
         seed: int = 0,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
         check_policy(policy)
@@ -198,6 +233,12 @@ class ASRDataModule(lightning.LightningDataModule):
         self.max_duration = max_duration
         self.sample_rate = sample_rate
         self.seed = seed
+        if augment is not None and not isinstance(augment, Augmentation):
+            raise TypeError(f"augment must be an Augmentation or None, got {augment!r}")
+        if augment is not None and augment.sample_rate != sample_rate:
+            raise ValueError(f"augment works at {augment.sample_rate} Hz but the data is read at "
+                             f"{sample_rate} Hz; allowed: the same rate")
+        self.augment = augment if augment is not None and augment.enabled else None
         self.report = BadDataReport()
         self.datasets: dict[str, UtteranceDataset] = {}
 
@@ -227,6 +268,9 @@ class ASRDataModule(lightning.LightningDataModule):
         if name not in self.datasets:
             raise RuntimeError(f"no {name!r} data: pass a {name} source and call setup() first")
         dataset = self.datasets[name]
+        augmented = train and self.augment is not None
+        if augmented:
+            dataset = AugmentedDataset(dataset, self.augment, self.seed)
         trainer = self.trainer
         sampler = DurationBatchSampler(
             dataset.durations(),
@@ -238,7 +282,7 @@ class ASRDataModule(lightning.LightningDataModule):
         )
         return DataLoader(
             dataset,
-            batch_sampler=sampler,
+            batch_sampler=EpochTaggedBatches(sampler) if augmented else sampler,
             collate_fn=functools.partial(collate_batch, tokenizer=self.tokenizer),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0 and train,

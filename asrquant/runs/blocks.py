@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asrquant.checks import check_choice, check_keys, config_key
 from asrquant.data.audio import SAMPLE_RATE
+from asrquant.data.augment import augmentation_of
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import BadDataReport, read_utterances, validate_utterances
 from asrquant.data.synthetic import build_synthetic_corpus
@@ -151,6 +152,7 @@ def build_datamodule(cfg: dict, tokenizer, sources: dict, policy: str) -> ASRDat
         policy=policy,
         max_duration=data.get("max_duration"),
         seed=int(cfg.get("seed", 0)),
+        augment=augmentation_of(cfg.get("augment")),  # training batches only
     )
     datamodule.report.update(sources.get("bad_data") or BadDataReport())
     return datamodule
