@@ -39,7 +39,11 @@ case $CORPUS in
     [[ -n "${DATA_DIR:-}" ]] || { echo "CORPUS=fsdd needs DATA_DIR (make_digit_strings.py DIR)"; exit 2; }
     DATA=(data=fsdd_digits data.dir="$(q "$(realpath "$DATA_DIR")")")
     BASELINE=fsdd_baseline; TITLE="FSDD digit strings (human speech)" ;;
-  *) echo "CORPUS=$CORPUS is invalid; allowed: synthetic, fsdd"; exit 2 ;;
+  an4)
+    [[ -n "${DATA_DIR:-}" ]] || { echo "CORPUS=an4 needs DATA_DIR (recipes/an4/prepare.py OUT, or ../shared/data/an4)"; exit 2; }
+    DATA=(data=an4 data.dir="$(q "$(realpath "$DATA_DIR")")")
+    BASELINE=an4_baseline; TITLE="AN4 (CMU census, speaker-independent)" ;;
+  *) echo "CORPUS=$CORPUS is invalid; allowed: synthetic, fsdd, an4"; exit 2 ;;
 esac
 COMMON=(threads="$THREADS" trainer.enable_progress_bar=false "${DATA[@]}")
 # Sweep members are folders named by job number (overrides would pass 255 characters); each
