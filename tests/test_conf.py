@@ -19,16 +19,17 @@ COMMANDS = ["train", "eval", "search", "export"]
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 # Keys that hold a file or folder, wherever they sit in a command's config.
 PATH_LEAVES = {"ckpt", "packed", "init_from", "out", "cache_dir", "root", "dir", "train", "val",
-               "test", "extra_test"}
+               "test", "extra_test", "noise_manifest"}
 
 
 def path_keys(node, prefix=""):
-    """Dotted keys of `node` whose last part names a path (data.* and top-level keys)."""
+    """Dotted keys of `node` whose last part names a path (data.*, augment.* and top-level
+    keys)."""
     for key, value in node.items():
         dotted = f"{prefix}{key}"
         if key in PATH_LEAVES:
             yield dotted
-        if isinstance(value, dict) and (prefix or key == "data" or key == "synthetic"):
+        if isinstance(value, dict) and (prefix or key in ("data", "synthetic", "augment")):
             yield from path_keys(value, f"{dotted}.")
 
 

@@ -12,7 +12,8 @@ from asrquant.quant import QuantSpec
 
 # Override keys that name files or folders: never part of a run's name.
 PATH_KEYS = ("ckpt", "packed", "init_from", "out", "cache_dir", "data.root", "data.dir",
-             "data.train", "data.val", "data.test", "data.extra_test", "data.synthetic.cache_dir")
+             "data.train", "data.val", "data.test", "data.extra_test", "data.synthetic.cache_dir",
+             "augment.noise_manifest")
 _JOB_FOLDER = re.compile(r"^\d+(_|$)")  # Hydra sweep members: '<job number>[_<overrides>]'
 
 
