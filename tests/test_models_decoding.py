@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from asrquant.models import greedy_ctc_decode
+from asrquant.data.tokenizer import CharTokenizer
+from asrquant.models import GreedyDecoder, greedy_ctc_decode
 
 
 def frames_to_log_probs(frame_tokens: list[list[int]], vocab_size: int = 5) -> torch.Tensor:
@@ -66,3 +67,10 @@ def test_bad_shapes_are_refused():
         greedy_ctc_decode(torch.zeros(3, 4), torch.tensor([3]))
     with pytest.raises(ValueError, match="exceeds the 4 frames"):
         greedy_ctc_decode(torch.zeros(1, 4, 2), torch.tensor([5]))
+
+
+def test_greedy_decoder_writes_the_best_path_as_text_per_utterance():
+    tok = CharTokenizer()
+    h, i = tok.encode("hi")
+    log_probs = frames_to_log_probs([[h, h, 0, i, i], [i, 0, i, h, 0]], tok.vocab_size)
+    assert GreedyDecoder(tok)(log_probs, torch.tensor([5, 3])) == ["hi", "ii"]

@@ -20,7 +20,7 @@ from asrquant.data.tokenizer import tokenizer_from_state as default_tokenizer_fr
 from asrquant.io import atomic_write_text
 from asrquant.lightning.metrics import corpus_cer, corpus_wer
 from asrquant.models.conformer_ctc import ConformerCTC, ConformerCTCConfig
-from asrquant.models.decoding import greedy_ctc_decode
+from asrquant.models.decoding import GreedyDecoder
 
 SCHEDULES = ("noam", "cosine")
 # What load_for_inference needs besides Lightning's own checkpoint content.
@@ -38,6 +38,14 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def to_state(self) -> dict[str, Any]: ...
+
+
+class Decoder(Protocol):
+    """(B, T, V) CTC log-probs and (B,) valid frames -> one transcript per utterance.
+    `asrquant.models.GreedyDecoder` (the default) and
+    `asrquant.models.lexicon_decoding.LexiconBeamDecoder` are two."""
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]: ...
 
 
 class UtteranceResult(NamedTuple):
@@ -81,7 +89,7 @@ def lr_factor(
 
 
 class ASRModule(L.LightningModule):
-    """Trains a ConformerCTC with CTC loss; validates/tests with greedy decoding, corpus WER/CER.
+    """Trains a ConformerCTC with CTC loss; validates/tests with `decoder`, corpus WER/CER.
 
     Batches are dicts as made by asrquant.data's collate: "audio" (B, T) float32 16 kHz,
     "audio_lens" (B,), "targets" (B, L) token ids, "target_lens" (B,), "texts" (normalised
@@ -97,7 +105,9 @@ class ASRModule(L.LightningModule):
     etc. with several loaders, named by `test_set_names` / `val_set_names`), keeps them in
     `self.last_results` (name -> {"wer", "cer", "loss", "words", "utterances"}), and, if
     `predictions_dir` is set, writes `<stage>_<name>_epoch<k>.tsv` (header, then id, ref, hyp).
-    `normalize` is applied to references and hypotheses before scoring.
+    `normalize` is applied to references and hypotheses before scoring. `decoder` turns the
+    model's log-probs into transcripts (validation, test, `transcribe`); default greedy CTC.
+    It is not saved in checkpoints: set `module.decoder` on a loaded module to change it.
 
     Checkpoints carry the model config and tokenizer state; rebuild a decoder from one with
     `ASRModule.load_for_inference` (not Lightning's `load_from_checkpoint`).
@@ -119,6 +129,7 @@ class ASRModule(L.LightningModule):
         predictions_dir: str | os.PathLike | None = None,
         val_set_names: Sequence[str] | None = None,
         test_set_names: Sequence[str] | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model_config, dict):
@@ -144,6 +155,7 @@ class ASRModule(L.LightningModule):
         self.model = ConformerCTC(model_config)
         self.tokenizer = tokenizer
         self.normalize = normalize or identity
+        self.decoder = decoder or GreedyDecoder(tokenizer)
         self.predictions_dir = Path(predictions_dir) if predictions_dir is not None else None
         self.set_names = {
             "val": list(val_set_names) if val_set_names else None,
@@ -269,7 +281,7 @@ class ASRModule(L.LightningModule):
         losses = self.ctc_loss_per_utterance(
             log_probs, out_lens, batch["targets"], batch["target_lens"]
         )
-        hyps = [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(log_probs, out_lens)]
+        hyps = self.decoder(log_probs, out_lens)
         results = self._results.setdefault((stage, dataloader_idx), [])
         for utt_id, ref, hyp, loss in zip(
             batch["ids"], batch["texts"], hyps, losses.tolist(), strict=True
@@ -357,7 +369,8 @@ class ASRModule(L.LightningModule):
 
     @torch.no_grad()
     def transcribe(self, audio_list: Sequence[Tensor], batch_size: int = 16) -> list[str]:
-        """Greedy transcripts of 1-D 16 kHz waveforms (any length >= MIN_AUDIO_SAMPLES)."""
+        """Transcripts (by `self.decoder`) of 1-D 16 kHz waveforms (any length >=
+        MIN_AUDIO_SAMPLES)."""
         for index, audio in enumerate(audio_list):
             if audio.dim() != 1:
                 raise ValueError(
@@ -371,8 +384,7 @@ class ASRModule(L.LightningModule):
                 chunk = [a.to(self.device, torch.float32) for a in audio_list[start:][:batch_size]]
                 audio_lens = torch.tensor([a.numel() for a in chunk], device=self.device)
                 log_probs, out_lens = self.model(pad_sequence(chunk, batch_first=True), audio_lens)
-                decoded = greedy_ctc_decode(log_probs, out_lens)
-                texts += [self.tokenizer.decode(ids) for ids in decoded]
+                texts += self.decoder(log_probs, out_lens)
         finally:
             self.train(was_training)
         return texts

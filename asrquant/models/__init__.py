@@ -7,7 +7,7 @@ from asrquant.models.conformer_ctc import (
     frame_lengths,
     subsampled_lengths,
 )
-from asrquant.models.decoding import greedy_ctc_decode
+from asrquant.models.decoding import GreedyDecoder, greedy_ctc_decode
 from asrquant.models.sizes import MODEL_SIZES, build_model, size_config
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "MODEL_SIZES",
     "ConformerCTC",
     "ConformerCTCConfig",
+    "GreedyDecoder",
     "build_model",
     "frame_lengths",
     "greedy_ctc_decode",

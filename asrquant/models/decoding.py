@@ -1,9 +1,11 @@
-"""Greedy (best-path) CTC decoding."""
+"""Greedy (best-path) CTC decoding. (Beam search over a lexicon: `lexicon_decoding`.)"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from asrquant.data.tokenizer import Tokenizer
 
 
 def greedy_ctc_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
@@ -26,3 +28,15 @@ def greedy_ctc_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> lis
     keep = (best != previous) & (best != blank) & valid
     best, keep = best.cpu(), keep.cpu()
     return [tokens[kept].tolist() for tokens, kept in zip(best, keep, strict=True)]
+
+
+class GreedyDecoder:
+    """(B, T, V) CTC scores -> the best path's text per utterance: ASRModule's default decoder.
+    Any object called as `decoder(log_probs, lengths) -> list[str]` can take its place."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        decoded = greedy_ctc_decode(log_probs, lengths, self.tokenizer.blank_id)
+        return [self.tokenizer.decode(ids) for ids in decoded]

@@ -8,6 +8,7 @@
     validate.py   validate_config  every check that needs no data, before any work
     demo.py       run_demo       recipes on a random torchaudio Conformer (prints a table)
     blocks.py     data sources, tokenizer, DataModule, checkpoints, Trainer
+    decoder.py    the `decode` config -> greedy or lexicon beam decoder (+ its n-gram LM)
     common.py     start_run / finish_run, the run's own keys, the recipe and size columns
 
 The Hydra entry points (asrquant/cli) are a few lines around these. Names are imported

@@ -33,6 +33,7 @@ from asrquant.runs.common import (
     size_report,
     start_run,
 )
+from asrquant.runs.decoder import build_decoder
 from asrquant.runs.speakers import add_per_speaker
 
 
@@ -48,6 +49,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
         return _eval_packed(run, sources, test_names)
     ckpt = load_checkpoint(require_ckpt(cfg, PACKED_NOTE))
     module = module_from_checkpoint(ckpt, None, run_dir / "predictions", test_names)
+    module.decoder, decoder = build_decoder(cfg.get("decode"), module.tokenizer, sources["train"])
     qat_ckpt = bool(fake_quant_specs(module))
     if qat_ckpt and recipe is not None:
         raise ValueError("this checkpoint is quantization-aware (QAT); evaluate it with "
@@ -59,7 +61,7 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     trainer.test(module, datamodule=datamodule)
     add_per_speaker(module.last_results, run_dir / "predictions", sources)
     results = {"mode": "qat" if qat_ckpt else ("ptq" if recipe else "float"),
-               "ckpt": str(cfg["ckpt"]), **scored_sets(module.last_results)}
+               "ckpt": str(cfg["ckpt"]), "decoder": decoder, **scored_sets(module.last_results)}
     if qat_ckpt:
         recipe = recipe_of_checkpoint(ckpt)
     results.update(size_fields(size_report(module, recipe), recipe))
@@ -107,6 +109,7 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
     module.normalize = normalize_text
     module.predictions_dir = run.dir / "predictions"
     module.set_names["test"] = test_names
+    module.decoder, decoder = build_decoder(cfg.get("decode"), module.tokenizer, sources["train"])
     datamodule = build_datamodule(cfg, module.tokenizer, sources,
                                   cfg["data"].get("eval_policy", "error"))
     trainer = make_trainer(cfg, run.dir, [], checkpoints=False)
@@ -115,7 +118,7 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
         recipe = QuantRecipe.from_dict(json.loads(f.metadata()["recipe"]))
     add_per_speaker(module.last_results, run.dir / "predictions", sources)
     results = {"mode": "packed", "packed": str(cfg["packed"]),
-               "file_bytes": Path(cfg["packed"]).stat().st_size,
+               "file_bytes": Path(cfg["packed"]).stat().st_size, "decoder": decoder,
                **scored_sets(module.last_results)}
     # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
     float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)

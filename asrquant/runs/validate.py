@@ -5,8 +5,8 @@ Each rule lives once, in the object or function that uses the value; this module
 them, on the meta device and with no data: the recipe (`recipe_of`), the data kind
 (`data_kind`), the DataModule (policy, batch seconds), the tokenizer kind, the model size
 (`model_config_of`), the optimiser (`ASRModule` on the meta device), the run's own keys
-(`check_threads`, `require_ckpt`, `check_files` in runs.common); quant_strict and the
-eval-only combinations are checked here.
+(`check_threads`, `require_ckpt`, `check_files` in runs.common), the decoder
+(`decode_settings`); quant_strict and the eval-only combinations are checked here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from asrquant.runs.common import (
     recipe_of,
     require_ckpt,
 )
+from asrquant.runs.decoder import decode_settings
 
 
 def validate_config(cfg, kind: str):
@@ -62,6 +63,7 @@ def validate_config(cfg, kind: str):
             recipe.plan(skeleton, strict=strict)
     if kind == "eval":
         check_bool("score_dev", cfg.get("score_dev", True))
+        decode_settings(cfg.get("decode"))
     if kind == "eval" and not cfg.get("packed"):
         require_ckpt(cfg, PACKED_NOTE)
     if kind == "eval" and cfg.get("ckpt") and cfg.get("packed"):
