@@ -113,7 +113,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(cfg_of, name):
-    needs_dir = name.startswith(("fsdd", "librispeech"))
+    needs_dir = name.startswith(("fsdd", "librispeech", "an4"))
     cfg = cfg_of("train", [f"experiment={name}"] + (["data.dir=/d"] if needs_dir else []))
     validate_config(cfg, "train")
 
