@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from asrquant.checks import check_bool, config_key
+from asrquant.data.augment import augmentation_of
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import check_policy
 from asrquant.data.tokenizer import CharTokenizer
@@ -51,6 +52,7 @@ def validate_config(cfg, kind: str):
     check_bool("quant_strict", strict)
     check_threads(cfg)
     if kind == "train":
+        augmentation_of(cfg.get("augment"))  # augment.* values, the noise manifest's files
         tokenizer_kind(cfg.get("tokenizer") or {})
         tok = CharTokenizer()
         model_config = model_config_of(cfg.get("model") or {}, tok.vocab_size)

@@ -84,6 +84,7 @@ OTHER_CASES = [
     (["+optim.lrr=1"], "optim got unknown key(s) ['lrr']; allowed: ["),
     (["init_from=/nonexistent/best.ckpt"], "init_from='/nonexistent/best.ckpt' is not a file"),
     (["quant_strict=maybe"], "quant_strict='maybe' is invalid; allowed: true or false"),
+    (["augment.prob=1.5"], "augment.prob=1.5 is invalid; allowed: a number >= 0 and <= 1"),
 ]
 
 
