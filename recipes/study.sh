@@ -14,7 +14,8 @@
 #
 # Environment:
 #   CORPUS   synthetic (default; the built-in eSpeak corpus) | fsdd (needs DATA_DIR, made by
-#            ../shared/tools/make_digit_strings.py DATA_DIR)
+#            ../shared/tools/make_digit_strings.py DATA_DIR) | an4 (needs DATA_DIR: the output
+#            of recipes/an4/prepare.py, e.g. ../shared/data/an4)
 #   CKPT     start from this float model instead of training one
 #   MODE     full (default: the grid above, 4 QAT epochs) | main (the README's main job: bits
 #            8/4/2, groups 128/32, one QAT epoch at 2 bits and its control, no search or
