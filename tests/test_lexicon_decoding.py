@@ -86,6 +86,20 @@ def test_greedy_writes_a_non_word_where_the_lexicon_beam_finds_the_word():
     assert LexiconBeamDecoder(tok, WORDS)(log_probs, torch.tensor([3])) == ["cat"]
 
 
+def test_with_characters_a_word_ends_only_where_a_space_is_emitted():
+    """AN4 spells words letter by letter, so single letters are lexicon words: 'eight' must not
+    be read as 'e i g h t' unless the model put spaces between the letters."""
+    tok = CharTokenizer()
+    words = ["eight", "ten", *"eighnt"]
+    decoder = LexiconBeamDecoder(tok, words)
+    assert decode_one(decoder, clean_frames(tok.encode("eight ten")), tok.vocab_size) == (
+        "eight ten")
+    assert decode_one(decoder, clean_frames(tok.encode("e i g h t")), tok.vocab_size) == (
+        "e i g h t")
+    assert decode_one(decoder, clean_frames(tok.encode("t e n eight")), tok.vocab_size) == (
+        "t e n eight")
+
+
 def test_sentencepiece_word_boundary_the_model_was_unsure_of_is_restored(sentencepiece):
     tok, pieces = sentencepiece, sentencepiece.pieces()
     ids = tok.encode("the cat sat")

@@ -5,12 +5,15 @@ called directly: a trie of the words' token spellings keeps every hypothesis ins
 lexicon, so each word it outputs is a lexicon word; the LM (an ARPA file, read by the KenLM
 built into flashlight-text's wheel) scores whole words.
 
-Word boundaries follow the tokenizer. A character tokenizer writes a space between words: the
-space is the decoder's "silence", which it may emit between words (never inside one). A
-SentencePiece tokenizer marks a word's start inside its first piece ('▁the'), so a word's
-spelling is the pieces of the word alone, exactly as in a sentence; it has no token between
-words, and its <unk> (never emitted: every normalised character is in its vocabulary) stands
-in as the silence.
+Word boundaries follow the tokenizer. A character tokenizer writes a space between words, and
+a word ends only where the space is emitted: each word is spelt with a closing space (as
+wav2letter spells 'w o r d |'), and one frame that is certainly a space is put after the last
+frame so the last word can close. Were the space optional between words, a lexicon holding
+single letters (AN4's spelled words) would let the search read 'eight' as 'e i g h t' for
+free. A SentencePiece tokenizer marks a word's start inside its first piece ('▁the'), so a
+word's spelling is the pieces of the word alone, exactly as in a sentence; it has no token
+between words, and its <unk> (never emitted: every normalised character is in its
+vocabulary) stands in as the silence.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class LexiconBeamDecoder:
         self.settings = settings or BeamSettings()
         self.blank = tokenizer.blank_id
         separator = word_separator(tokenizer)
+        # a separator the model emits (a character tokenizer's space) must close every word
+        self.closing = separator if tokenizer.encode(" ") == [separator] else None
         unk = len(words)  # the <unk> word: never proposed (unk_score -inf), the LM's <unk>
         self.lm = KenLM(str(arpa_path), Dictionary([*words, UNK_WORD])) if arpa_path else ZeroLM()
         trie = Trie(tokenizer.vocab_size, separator)
@@ -106,6 +111,8 @@ class LexiconBeamDecoder:
             if separator in tokens:
                 raise ValueError(f"lexicon word {word!r} is spelt with the word separator "
                                  f"token {separator}")
+            if self.closing is not None:
+                tokens = [*tokens, self.closing]
             # the word's unigram score lets the search look ahead inside a word
             trie.insert(tokens, index, self.lm.score(start, index)[1])
         trie.smear(SmearingMode.MAX)
@@ -134,10 +141,20 @@ class LexiconBeamDecoder:
         if lengths.shape != (batch,) or (batch and int(lengths.max()) > frames):
             raise ValueError(f"lengths {lengths.tolist()} do not fit log_probs of shape "
                              f"{tuple(log_probs.shape)}")
-        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()
+        emissions = log_probs.detach().to("cpu", torch.float32)
+        if self.closing is not None:  # room for one certain space after each utterance
+            emissions = torch.cat([emissions, emissions.new_full((batch, 1, vocab), -1e9)], 1)
+            emissions[torch.arange(batch), lengths.cpu(), :] = -1e9
+            emissions[torch.arange(batch), lengths.cpu(), self.closing] = 0.0
+            frames += 1
+        emissions = emissions.contiguous()
         texts = []
         for b, length in enumerate(lengths.tolist()):
             pointer = emissions.data_ptr() + emissions.element_size() * b * frames * vocab
+            if length == 0:
+                texts.append("")
+                continue
+            length += self.closing is not None
             best = self.decoder.decode(pointer, length, vocab)[0]
             texts.append(" ".join(self.words[w] for w in best.words if 0 <= w < len(self.words)))
         return texts
