@@ -1,5 +1,8 @@
-"""The shipped float model loads without pickle and recognizes freshly synthesized speech."""
+"""The shipped float models load without pickle; the synthetic one recognizes freshly
+synthesized speech, the AN4 one real speech of speakers it never heard, each within 3
+binomial standard deviations of the WER models/README.md documents on the same sample."""
 
+import itertools
 import math
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from asrquant.lightning.metrics import corpus_wer
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-@pytest.mark.parametrize("name", ["cpu_synthetic_float", "cpu_fsdd_float"])
+@pytest.mark.parametrize("name", ["cpu_synthetic_float", "cpu_fsdd_float", "cpu_an4_float"])
 def test_shipped_models_load_as_inference_modules(name):
     m = load_quantized(MODELS / f"{name}.safetensors")
     assert not m.training
@@ -33,5 +36,21 @@ def test_shipped_synthetic_model_transcribes_new_synthetic_sentences(tmp_path):
     # Documented there: 5 errors in 82 words on this sample. Allowed: 3 binomial standard
     # deviations of that rate on these words above it (11 errors; a model twice as bad fails).
     p = 5 / 82
+    assert corpus_wer(refs, [normalize_text(h) for h in hyps]).rate <= (
+        p + 3 * math.sqrt(p * (1 - p) / words))
+
+
+def test_shipped_an4_model_recognizes_the_first_40_an4_test_utterances(shared_dir):
+    """Speakers absent from AN4's training set (fcaw, fjlp, fvap, marh), greedy decoding."""
+    manifest = Path(shared_dir) / "data" / "an4" / "test.jsonl"
+    utts = list(itertools.islice(manifest_utterances(manifest), 40))
+    model = load_quantized(MODELS / "cpu_an4_float.safetensors")
+    hyps = model.transcribe([u.load_audio(16000, True) for u in utts])
+    refs = [normalize_text(u.text) for u in utts]
+    words = sum(len(r.split()) for r in refs)
+    assert words == 236  # the sample models/README.md documents
+    # Documented there: 11 errors in 236 words (4.66%). Allowed: that rate plus 3 binomial
+    # standard deviations on these words (8.78%, 20 errors).
+    p = 11 / 236
     assert corpus_wer(refs, [normalize_text(h) for h in hyps]).rate <= (
         p + 3 * math.sqrt(p * (1 - p) / words))
