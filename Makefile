@@ -26,7 +26,7 @@ install-dev: $(VENV)/.installed-dev
 # The main job: PTQ over the grid (8/4/2 bits x sym/asym x per-channel/g128/g32 x clip
 # none/mse) and a short 2-bit QAT with its float control, on the shipped synthetic model;
 # prints the study table and findings (runs/synthetic_study_main/report/) and the wall time
-# per stage (timing.json there). 450 s on the 2-core VM (docs/results/main_job/).
+# per stage (timing.json there). 481 s on the 2-core VM (docs/results/main_job/).
 demo: install
 	MODE=main CKPT=models/cpu_synthetic_float.safetensors bash recipes/synthetic/sweep.sh
 
