@@ -35,10 +35,11 @@ def _fmt(v, col):
     return str(v)
 
 
-def best4_note(best4, name, rows) -> str:
-    """How the 4-bit reference was chosen: by dev WER, or why there is none."""
+def best4_note(best4, label: str, rows) -> str:
+    """How the 4-bit reference was chosen: by dev WER, or why there is none. `label`: the
+    row field that names it ("run" or "recipe")."""
     if best4:
-        return f"(chosen by dev WER, never test): {name}"
+        return f"(chosen by dev WER, never test): {best4[label]}"
     if any(r["bits"] == 4 for r in rows):
         return ("(none: no 4-bit PTQ run recorded a dev WER; results from before asrquant-eval "
                 "scored the dev split must be rerun)")
@@ -48,7 +49,7 @@ def best4_note(best4, name, rows) -> str:
 def markdown(rows, failed, best4, test_set, words) -> str:
     lines = [f"Test set: `{test_set}` ({words} words). Sizes count codes, scales and zero points "
              "and float parameters (see docs/method.md). `vs_4bit`: relative to the best 4-bit "
-             f"PTQ run {best4_note(best4, best4 and best4['run'], rows)}. `dev_wer`: the dev "
+             f"PTQ run {best4_note(best4, 'run', rows)}. `dev_wer`: the dev "
              "split, where references are chosen. Pareto-optimal runs in bold.",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     front = {id(r) for r in pareto_front(rows)}
@@ -97,7 +98,7 @@ def study_markdown(rows, best4, test_set: str, words: int) -> str:
              f"with fake quantization; the float row's QAT column is the float control "
              f"fine-tuned for the same steps. `rel_wer_*`: relative to the float baseline "
              f"(PTQ) or the float control (QAT). `ptq_dev_wer`: the PTQ run on the dev split. "
-             f"Best 4-bit {best4_note(best4, best4 and best4['recipe'], rows)}; {file_note}.",
+             f"Best 4-bit {best4_note(best4, 'recipe', rows)}; {file_note}.",
              "",
              "| " + " | ".join(STUDY_COLUMNS) + " |", "|" + "---|" * len(STUDY_COLUMNS)]
     fmt = {"ptq_wer": "wer", "ptq_dev_wer": "wer", "qat_wer": "wer", "vs_float32": "vs_float",
