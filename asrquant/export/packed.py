@@ -4,6 +4,10 @@ File: one safetensors file (no pickle: loading executes no code).
   tensors   "<param>::packed" (uint8 codes at their bit width, see asrquant.quant.pack),
             "<param>::scale" and, if asymmetric, "<param>::zero_point" (at zero_point_dtype) for
             every quantized weight; every other parameter and buffer under its own name.
+            Version 2 adds double-quantized scales (spec.scale_bits: "::scale" holds the k-bit
+            codes packed, "::super_scale" one scale_dtype value per row) and packed zero points
+            (zero_point_dtype "packed": "::zero_point" at `bits` bits, packed). Version 1 files
+            (which have neither) still load.
   metadata  format "asrquant.packed", format_version, model_config, tokenizer_state, recipe,
             and "quantized": {param: {shape, dtype, spec}} (JSON strings).
 Names are those of ASRModule ("model.encoder...").
@@ -35,7 +39,8 @@ from asrquant.quant.pack import packed_nbytes
 from asrquant.quant.packed import SEP, PackedWeight, pack_module_weights, packed_state_dict
 
 FORMAT = "asrquant.packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = ("1", "2")  # 2 = 1 + double-quantized scales and packed zero points
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -109,9 +114,9 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     if meta.get("format") != FORMAT:
         raise ExportError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in READS_VERSIONS:
         raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
-                          f"version {FORMAT_VERSION}")
+                          f"versions {', '.join(READS_VERSIONS)}")
     model_config = _meta_json(meta, "model_config", path)
     tokenizer = tokenizer_from_state(_meta_json(meta, "tokenizer_state", path))
     quantized = _meta_json(meta, "quantized", path)
@@ -127,12 +132,19 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
             raise ExportError(f"{path}: metadata of quantized weight {name!r} is invalid "
                               f"(needs spec, shape and dtype in {sorted(_WEIGHT_DTYPES)}): "
                               f"{e!r}") from None
+        if version == "1" and (spec.scale_bits is not None or spec.zero_point_dtype == "packed"):
+            raise ExportError(f"{path}: quantized weight {name!r} has spec {spec.name()!r}, "
+                              "which format version 1 cannot hold (double-quantized scales and "
+                              "packed zero points came with version 2)")
         need = [name + SEP + "packed", name + SEP + "scale"]
-        if not spec.symmetric:
-            need.append(name + SEP + "zero_point")
-        elif name + SEP + "zero_point" in tensors:
-            raise ExportError(f"{path}: tensor {name + SEP + 'zero_point'!r} present but the "
-                              "recipe of this weight is symmetric")
+        for part, wanted in (("zero_point", not spec.symmetric),
+                             ("super_scale", spec.scale_bits is not None)):
+            if wanted:
+                need.append(name + SEP + part)
+            elif name + SEP + part in tensors:
+                why = ("the recipe of this weight is symmetric" if part == "zero_point" else
+                       "the recipe of this weight has no scale_bits")
+                raise ExportError(f"{path}: tensor {name + SEP + part!r} present but {why}")
         missing = [k for k in need if k not in tensors]
         if missing:
             raise ExportError(f"{path}: quantized weight {name!r} lacks tensor(s) {missing}")
@@ -142,17 +154,18 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
             raise ExportError(
                 f"{path}: tensor {need[0]!r} is {packed.dtype} {tuple(packed.shape)}; "
                 f"shape {tuple(shape)} at {spec.bits} bits needs uint8 ({nbytes},)")
-        layout = group_layout(shape, spec)
-        dtypes = (spec.torch_scale_dtype, spec.torch_zero_point_dtype)
-        for key, want in zip(need[1:], dtypes[: len(need) - 1], strict=True):
+        for part, (want, want_shape) in _qparam_layouts(spec, group_layout(shape, spec)).items():
+            key = name + SEP + part
             t = tensors[key]
-            if t.shape != (layout.rows, layout.n_groups) or t.dtype != want:
+            if t.shape != want_shape or t.dtype != want:
                 raise ExportError(
                     f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}; the recipe needs "
-                    f"{want} ({layout.rows}, {layout.n_groups})")
+                    f"{want} {want_shape}")
             _check_finite(key, t, path)
-        zp = tensors.get(name + SEP + "zero_point")
-        packed_weights[name] = PackedWeight(packed, tensors[need[1]], zp, shape, dtype, spec)
+        parts = {part: tensors.get(name + SEP + part)
+                 for part in ("scale", "zero_point", "super_scale")}
+        packed_weights[name] = PackedWeight(packed, parts["scale"], parts["zero_point"], shape,
+                                            dtype, spec, parts["super_scale"])
     for k, t in tensors.items():
         if SEP not in k:
             _check_finite(k, t, path)
@@ -177,7 +190,8 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     pack_module_weights(module, packed_weights)
     module.load_state_dict({**plain, **{f"{_packed_key(n)}.{b}": getattr(pw, b)
                                         for n, pw in packed_weights.items()
-                                        for b in ("packed", "scale", "zero_point")
+                                        for b in ("packed", "scale", "zero_point",
+                                                  "super_scale")
                                         if getattr(pw, b) is not None}}, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
@@ -196,6 +210,22 @@ def float_checkpoint(path: str | os.PathLike) -> dict:
                           "fine-tuning start from a float model (export one with quant=float)")
     return {"state_dict": module.state_dict(), "model_config": module.hparams["model_config"],
             "tokenizer_state": module.tokenizer.to_state()}
+
+
+def _qparam_layouts(spec: QuantSpec, layout) -> dict[str, tuple[torch.dtype, tuple]]:
+    """Dtype and shape of each stored scale tensor of a weight: "scale", "zero_point" (if
+    asymmetric) and "super_scale" (with scale_bits); k-bit codes and packed zero points are
+    1-D uint8 of ceil(n_groups_total * bits / 8) bytes."""
+    grid = (layout.rows, layout.n_groups)
+    out = {"scale": (spec.torch_scale_dtype, grid)}
+    if spec.scale_bits is not None:
+        out["scale"] = (torch.uint8, (packed_nbytes(layout.num_scales, spec.scale_bits),))
+        out["super_scale"] = (spec.torch_scale_dtype, (layout.rows,))
+    if not spec.symmetric:
+        out["zero_point"] = (spec.torch_zero_point_dtype, grid)
+        if spec.zero_point_dtype == "packed":
+            out["zero_point"] = (torch.uint8, (packed_nbytes(layout.num_scales, spec.bits),))
+    return out
 
 
 def _packed_key(name: str) -> str:

@@ -4,7 +4,8 @@
 (parameter name -> QuantSpec, e.g. `QuantRecipe.plan(model)`) give the tensors to store
 (codes, scales, zero points; every other tensor as it is) and the metadata to rebuild them.
 `pack_module_weights(model, qtensors)` turns, in place, each named weight into a
-`PackedWeight` (packed uint8 codes + scales + zero points) and switches its module to the
+`PackedWeight` (packed uint8 codes + scales + zero points, + super-scales when the scales are
+double-quantized) and switches its module to the
 matching class below, whose `weight` (or `in_proj_weight`) is a property that dequantizes.
 The modules' own forward code is unchanged, so outputs equal those of the fake-quantized
 model bit for bit: the dequantized weight is the same tensor `fake_quantize` produces.
@@ -22,35 +23,62 @@ import torch
 from torch import nn
 
 from .pack import from_unsigned, pack, to_unsigned, unpack
-from .primitives import QuantizedTensor, cast_saturating, group_layout, quantize
+from .primitives import QuantizedTensor, cast_saturating, decode_scales, group_layout, quantize
 from .spec import QuantSpec
 
-SEP = "::"  # "<param>::packed", "<param>::scale", "<param>::zero_point"
+SEP = "::"  # "<param>::packed", "<param>::scale", "<param>::zero_point", "<param>::super_scale"
 
 
 class PackedWeight(nn.Module):
-    """Packed codes (uint8 buffer), scales and zero points of one weight; call it to decode."""
+    """Packed codes (uint8 buffer), scales and zero points of one weight; call it to decode.
+
+    The buffers are the tensors of the file: `scale` (rows, n_groups) at scale_dtype, or with
+    spec.scale_bits the groups' k-bit scale codes packed (1-D uint8) and `super_scale` (rows,)
+    at scale_dtype; `zero_point` (rows, n_groups) at zero_point_dtype, or for "packed" at
+    `bits` bits, packed (1-D uint8); None if symmetric.
+    """
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor,
-                 zero_point: torch.Tensor | None, shape, dtype: torch.dtype, spec: QuantSpec):
+                 zero_point: torch.Tensor | None, shape, dtype: torch.dtype, spec: QuantSpec,
+                 super_scale: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("packed", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
+        self.register_buffer("super_scale", super_scale)
         self.shape = torch.Size(shape)
         self.dtype = dtype
         self.spec = spec
 
     @classmethod
     def from_quantized(cls, qt: QuantizedTensor) -> PackedWeight:
-        u = to_unsigned(qt.codes, qt.spec.bits, qt.spec.symmetric)
-        return cls(pack(u, qt.spec.bits), qt.scale, qt.zero_point, qt.shape, qt.dtype, qt.spec)
+        spec = qt.spec
+        u = to_unsigned(qt.codes, spec.bits, spec.symmetric)
+        scale = qt.scale if spec.scale_bits is None else pack(qt.scale, spec.scale_bits)
+        zp = qt.zero_point
+        if zp is not None and spec.zero_point_dtype == "packed":
+            zp = pack(zp, spec.bits)
+        return cls(pack(u, spec.bits), scale, zp, qt.shape, qt.dtype, spec, qt.super_scale)
+
+    def _qparam_tables(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scales and zero points (rows, n_groups) as QuantizedTensor holds them: scale codes
+        and packed zero points unpacked."""
+        layout = group_layout(self.shape, self.spec)
+        scale, zp = self.scale, self.zero_point
+        if self.spec.scale_bits is not None:
+            scale = unpack(scale, self.spec.scale_bits, layout.num_scales).reshape(
+                layout.rows, layout.n_groups)
+        if zp is not None and self.spec.zero_point_dtype == "packed":
+            zp = unpack(zp, self.spec.bits, layout.num_scales).reshape(layout.rows,
+                                                                       layout.n_groups)
+        return scale, zp
 
     def quantized(self) -> QuantizedTensor:
         u = unpack(self.packed, self.spec.bits, self.shape.numel())
         codes = from_unsigned(u, self.spec.bits, self.spec.symmetric).reshape(self.shape)
-        return QuantizedTensor(codes, self.scale, self.zero_point, self.shape, self.dtype,
-                               self.spec)
+        scale, zp = self._qparam_tables()
+        return QuantizedTensor(codes, scale, zp, self.shape, self.dtype, self.spec,
+                               self.super_scale)
 
     def forward(self) -> torch.Tensor:
         """The dequantized weight, equal bit for bit to dequantize(self.quantized()).
@@ -87,11 +115,16 @@ class PackedWeight(nn.Module):
         """Offsets and scales as float32 (rows, groups, 1), split into the complete groups
         and the short last one; cached until the buffers change (e.g. `.to(device)`)."""
         cache = self.__dict__.get("_qparams_cache")
-        zp = self.zero_point
+        zp, sup = self.zero_point, self.super_scale
         key = (self.scale.data_ptr(), self.scale._version,
-               None if zp is None else (zp.data_ptr(), zp._version))
+               None if zp is None else (zp.data_ptr(), zp._version),
+               None if sup is None else (sup.data_ptr(), sup._version))
         if cache is None or cache[0] != key:
-            scale = self.scale.to(torch.float32).unsqueeze(-1)
+            scale, zp = self._qparam_tables()
+            if sup is None:
+                scale = scale.to(torch.float32).unsqueeze(-1)
+            else:  # as the quantizer decoded them: code * super in float32
+                scale = decode_scales(scale, sup.unsqueeze(-1)).unsqueeze(-1)
             if zp is not None:
                 offset = zp.to(torch.float32).unsqueeze(-1)
             else:
@@ -195,8 +228,9 @@ def pack_module_weights(model: nn.Module, weights: dict[str, PackedWeight]) -> N
 def packed_state_dict(model: nn.Module, plan: dict[str, QuantSpec]
                       ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """(tensors, quantized) of `model` quantized by `plan`: every state-dict entry that the
-    plan names becomes "<name>::packed" (uint8 codes at their bit width), "<name>::scale" and,
-    if asymmetric, "<name>::zero_point"; every other entry is kept under its own name.
+    plan names becomes "<name>::packed" (uint8 codes at their bit width), "<name>::scale",
+    if asymmetric "<name>::zero_point", and with double-quantized scales "<name>::super_scale"
+    (the PackedWeight's buffers, see there); every other entry is kept under its own name.
     `quantized` maps each packed name to {"shape", "dtype", "spec"} (JSON-ready)."""
     state = model.state_dict()
     unknown = sorted(set(plan) - set(state))
@@ -209,10 +243,8 @@ def packed_state_dict(model: nn.Module, plan: dict[str, QuantSpec]
             tensors[name] = tensor.detach().contiguous()
             continue
         qt = quantize(tensor.detach(), spec)
-        tensors[name + SEP + "packed"] = PackedWeight.from_quantized(qt).packed
-        tensors[name + SEP + "scale"] = qt.scale.contiguous()
-        if qt.zero_point is not None:
-            tensors[name + SEP + "zero_point"] = qt.zero_point.contiguous()
+        for part, t in PackedWeight.from_quantized(qt).named_buffers():  # None ones skipped
+            tensors[name + SEP + part] = t.contiguous()
         quantized[name] = {"shape": list(qt.shape), "dtype": str(qt.dtype).replace("torch.", ""),
                            "spec": spec.to_dict()}
     return tensors, quantized

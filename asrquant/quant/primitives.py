@@ -29,6 +29,11 @@ computed, so the stored values are exactly the ones that produced the codes. `s`
 least the smallest normal number of that dtype (an all-zero group gets codes equal to its
 zero point and decodes to 0).
 All arithmetic is in float32 whatever the weight dtype; results are cast back to it.
+
+Double quantization (`spec.scale_bits = k`): per row a super-scale S = max over the row's
+groups of the unclipped s / (2^k - 1), rounded up to `scale_dtype`; each group's s (clipped
+or not) becomes the code c = ceil(s / S) in [1, 2^k - 1] and the grid uses c * S (float32),
+never narrower than s. Codes and zero points then follow from that decoded scale as above.
 """
 
 from __future__ import annotations
@@ -112,6 +117,81 @@ def _round_scale(scale: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return rounded.to(torch.float32)
 
 
+def _unclipped_scale(lo, hi, spec: QuantSpec) -> torch.Tensor:
+    """Per group the scale of the whole range (ratio 1), before any rounding."""
+    return hi / spec.qmax if spec.symmetric else (hi - lo) / (spec.qmax - spec.qmin)
+
+
+def super_scales(unclipped: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Double quantization: per row (dim 0) the largest unclipped group scale / (2^k - 1),
+    rounded up to `scale_dtype` and bumped one step further if `(2^k - 1) * super` still falls
+    short of it in float32, so the top code covers every group. Unlike group scales it may be
+    a float16 subnormal (floored at the dtype's smallest positive value, but never below
+    float32's smallest normal, where 1 / scale would overflow): a float16 row of small
+    weights keeps the full resolution of its k-bit codes. Shape (rows, 1, ..., 1), float32
+    holding a `scale_dtype` value."""
+    sdt = spec.torch_scale_dtype
+    top_code = 2**spec.scale_bits - 1
+    finfo = torch.finfo(sdt)
+    smallest = max(torch.nextafter(torch.zeros((), dtype=sdt), torch.ones((), dtype=sdt)).item(),
+                   torch.finfo(torch.float32).tiny)
+    top = unclipped.nan_to_num(nan=0.0, posinf=finfo.max).flatten(1).amax(dim=1)
+    top = top.reshape(-1, *[1] * (unclipped.dim() - 1))
+    want = (top / top_code).clamp(smallest, finfo.max)
+    rounded = want.to(sdt)
+    sup = rounded.to(torch.float32)
+    short = (sup < want) | (sup * top_code < top)
+    if short.any():
+        up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+        sup = torch.where(short, up.to(torch.float32).clamp(max=finfo.max), sup)
+    return sup
+
+
+def decode_scales(codes: torch.Tensor, super_scale: torch.Tensor) -> torch.Tensor:
+    """Group scales from k-bit codes and (broadcastable) super-scales: code * super in
+    float32. The one expression every decoder uses (quantizer, dequantize, packed modules)."""
+    return codes.to(torch.float32) * super_scale.to(torch.float32)
+
+
+def encode_scales(scale: torch.Tensor, super_scale: torch.Tensor, spec: QuantSpec
+                  ) -> torch.Tensor:
+    """k-bit codes (float32 integers in [1, 2^k - 1]) of group scales: the smallest c with
+    c * super >= scale, so the grid is never narrower than the range. ceil of the float32
+    quotient can land one below when the division rounds down onto an integer: checked on
+    the decoded value and fixed."""
+    finfo = torch.finfo(torch.float32)
+    scale = scale.nan_to_num(nan=0.0, posinf=finfo.max)
+    codes = torch.ceil(scale / super_scale)
+    codes = torch.where(decode_scales(codes, super_scale) < scale, codes + 1, codes)
+    return codes.clamp_(1, 2**spec.scale_bits - 1)
+
+
+def _group_scale(scale: torch.Tensor, unclipped: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """A group's scale as stored and used (float32): `scale` rounded up to `scale_dtype`, or,
+    with `scale_bits`, encoded against its row's super-scale (a function of the `unclipped`
+    scales only, so every clip candidate shares it) and decoded."""
+    if spec.scale_bits is None:
+        return _round_scale(scale, spec)
+    sup = super_scales(unclipped, spec)
+    return decode_scales(encode_scales(scale, sup, spec), sup)
+
+
+def _stored_scales(x: torch.Tensor | None, scale: torch.Tensor, spec: QuantSpec) -> dict:
+    """QuantizedTensor's `scale` (and `super_scale`) from the float32 scales (rows, n_groups,
+    1) chosen for grouped weights `x` (None: an empty tensor)."""
+    scale = scale.squeeze(-1)
+    if spec.scale_bits is None:
+        return {"scale": scale.to(spec.torch_scale_dtype)}
+    if x is None:
+        sup = torch.zeros(scale.shape[0])
+        codes = torch.zeros_like(scale)
+    else:
+        sup = super_scales(_unclipped_scale(*_range_stats(x, spec), spec), spec).reshape(-1, 1)
+        codes = torch.round(scale / sup)  # exact: each scale is a code times its row's super
+    return {"scale": codes.to(torch.uint8),
+            "super_scale": sup.reshape(-1).to(spec.torch_scale_dtype)}
+
+
 def _range_stats(x: torch.Tensor, spec: QuantSpec):
     """Per-group (lo, hi) of the unclipped range, shape (rows, n_groups, 1)."""
     if spec.symmetric:
@@ -126,9 +206,9 @@ def _qparams_for_ratio(lo, hi, ratio, spec: QuantSpec):
     """Scale and zero point (float32 holding integers) for the range [ratio*lo, ratio*hi]."""
     qmin, qmax = spec.qmin, spec.qmax
     if spec.symmetric:
-        scale = _round_scale(hi * ratio / qmax, spec)
+        scale = _group_scale(hi * ratio / qmax, _unclipped_scale(lo, hi, spec), spec)
         return scale, None
-    scale = _round_scale((hi - lo) * ratio / (qmax - qmin), spec)
+    scale = _group_scale((hi - lo) * ratio / (qmax - qmin), _unclipped_scale(lo, hi, spec), spec)
     zero_point = (qmin - torch.round(lo * ratio / scale)).clamp(qmin, qmax)
     zero_point = zero_point.to(spec.torch_zero_point_dtype).to(torch.float32)
     return scale, zero_point
@@ -200,8 +280,11 @@ class QuantizedTensor:
     """Integer codes plus what is needed to decode them.
 
     codes: int8 (symmetric) or uint8 (asymmetric), the weight's own shape.
-    scale, zero_point: (rows, n_groups) in spec.scale_dtype / spec.zero_point_dtype;
-    zero_point is None if symmetric.
+    scale, zero_point: (rows, n_groups) in spec.scale_dtype / spec.zero_point_dtype
+    (uint8 for "packed": packing is the file's business); zero_point is None if symmetric.
+    With spec.scale_bits (double quantization) `scale` holds the groups' k-bit codes as
+    uint8 and `super_scale` the rows' super-scales, (rows,) in spec.scale_dtype; the scales
+    are `decode_scales(scale, super_scale)` (see `float_scale`). Otherwise super_scale is None.
     """
 
     codes: torch.Tensor
@@ -210,10 +293,17 @@ class QuantizedTensor:
     shape: torch.Size
     dtype: torch.dtype
     spec: QuantSpec
+    super_scale: torch.Tensor | None = None
 
     @property
     def layout(self) -> GroupLayout:
         return group_layout(self.shape, self.spec)
+
+    def float_scale(self) -> torch.Tensor:
+        """The group scales (rows, n_groups) as float32, decoded if double-quantized."""
+        if self.super_scale is None:
+            return self.scale.to(torch.float32)
+        return decode_scales(self.scale, self.super_scale.unsqueeze(-1))
 
 
 def _codes_dtype(spec: QuantSpec) -> torch.dtype:
@@ -227,7 +317,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         empty = torch.zeros(layout.rows, layout.n_groups, dtype=sdt)
         return QuantizedTensor(
             codes=torch.zeros(w.shape, dtype=_codes_dtype(spec)),
-            scale=empty,
+            **_stored_scales(None, empty.float().unsqueeze(-1), spec),
             zero_point=None if spec.symmetric else empty.to(spec.torch_zero_point_dtype),
             shape=w.shape,
             dtype=w.dtype,
@@ -239,7 +329,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     codes = from_groups(q, layout, w.shape).to(_codes_dtype(spec))
     return QuantizedTensor(
         codes=codes,
-        scale=scale.squeeze(-1).to(sdt),
+        **_stored_scales(x, scale, spec),  # the codes of the scales too, with scale_bits
         zero_point=None if zp is None else zp.squeeze(-1).to(spec.torch_zero_point_dtype),
         shape=w.shape,
         dtype=w.dtype,
@@ -252,7 +342,7 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     if qt.codes.numel() == 0:
         return torch.zeros(qt.shape, dtype=qt.dtype)
     q = to_groups(qt.codes, layout)
-    scale = qt.scale.to(torch.float32).unsqueeze(-1)
+    scale = qt.float_scale().unsqueeze(-1)
     zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32).unsqueeze(-1)
     return cast_saturating(from_groups(dequantize_groups(q, scale, zp), layout, qt.shape),
                            qt.dtype)

@@ -266,7 +266,7 @@ def fake_quant_specs(model: nn.Module) -> dict[str, QuantSpec]:
 
 
 _SPEC_KEYS = ("bits", "symmetric", "granularity", "group_size", "clip", "clip_ratio", "clip_grid",
-              "scale_dtype", "zero_point_dtype")
+              "scale_dtype", "zero_point_dtype", "scale_bits")
 
 
 def recipe_from_config(cfg: dict) -> QuantRecipe:

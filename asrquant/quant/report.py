@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .pack import packed_nbytes
 from .primitives import group_layout
 from .spec import QuantSpec
 
@@ -55,7 +56,6 @@ def param_row(name: str, p: torch.Tensor, spec: QuantSpec | None) -> ParamRow:
     if spec is None:
         return ParamRow(**base)
     layout = group_layout(p.shape, spec)
-    per_scale = (spec.scale_bits + spec.zero_point_bits) // 8  # scale (+ zero point)
     return ParamRow(
         **base,
         bits=spec.bits,
@@ -64,8 +64,25 @@ def param_row(name: str, p: torch.Tensor, spec: QuantSpec | None) -> ParamRow:
         group_size=layout.group_len if spec.granularity == "group" else None,
         clip=spec.clip,
         code_bytes=math.ceil(numel * spec.bits / 8),
-        scale_bytes=layout.num_scales * per_scale,
+        scale_bytes=qparam_bytes(layout.rows, layout.num_scales, spec),
     )
+
+
+def qparam_bytes(rows: int, num_scales: int, spec: QuantSpec) -> int:
+    """Bytes of a tensor's scales and zero points as stored: per group a scale at
+    `scale_dtype`, or with `scale_bits` a k-bit code packed per tensor plus per row a
+    super-scale at `scale_dtype`; asymmetric zero points at `zero_point_dtype`, or packed at
+    `bits` bits per tensor."""
+    dtype_bytes = spec.scale_dtype_bits // 8
+    if spec.scale_bits is None:
+        scales = num_scales * dtype_bytes
+    else:
+        scales = packed_nbytes(num_scales, spec.scale_bits) + rows * dtype_bytes
+    if spec.zero_point_dtype == "packed":
+        zero_points = packed_nbytes(num_scales, spec.zero_point_bits)
+    else:
+        zero_points = num_scales * spec.zero_point_bits // 8
+    return scales + zero_points
 
 
 @dataclass
@@ -77,7 +94,8 @@ class QuantReport:
     exported file without its header):
     quantized parameters at their code width (densely packed, rounded up to whole bytes per
     tensor) plus one scale (and one zero point if asymmetric) per group at `scale_dtype`
-    (and `zero_point_dtype`);
+    (and `zero_point_dtype`), or as `qparam_bytes` counts them for double-quantized scales
+    and packed zero points;
     other parameters at their own dtype.
     """
 

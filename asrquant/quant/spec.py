@@ -21,8 +21,10 @@ SCALE_DTYPES = {
 }
 # Zero points are integers in [0, 2^bits - 1], exact in every dtype below (bfloat16 holds
 # integers up to 256 exactly), so their dtype changes the stored bytes, never the codes.
-ZERO_POINT_DTYPES = {**SCALE_DTYPES, "uint8": torch.uint8}
+# "packed": at the code width `bits`, densely packed like the codes (uint8 in memory).
+ZERO_POINT_DTYPES = {**SCALE_DTYPES, "uint8": torch.uint8, "packed": torch.uint8}
 MIN_BITS, MAX_BITS = 1, 8
+MIN_SCALE_BITS, MAX_SCALE_BITS = 2, 8  # double quantization: k-bit codes of the group scales
 DEFAULT_GROUP_SIZE = 128
 
 
@@ -83,7 +85,11 @@ class QuantSpec:
     zero_point_dtype: how asymmetric zero points are stored and counted: one of the scale
                  dtypes or "uint8"; None (default) means the same as `scale_dtype`. Zero
                  points are small integers, exact in all of them: "uint8" saves 8 bits per
-                 group against float16 and gives the same codes.
+                 group against float16 and gives the same codes; "packed" stores them at
+                 `bits` bits each, densely packed.
+    scale_bits: None (default): one scale per group at `scale_dtype`. k in 2..8: double
+                 quantization: per row one super-scale at `scale_dtype` and per group a k-bit
+                 code c in [1, 2^k - 1]; the group's scale is c * super in float32.
     """
 
     bits: int = 4
@@ -95,6 +101,7 @@ class QuantSpec:
     clip_grid: tuple[float, ...] = field(default=DEFAULT_CLIP_GRID)
     scale_dtype: str = "float16"
     zero_point_dtype: str | None = None
+    scale_bits: int | None = None
 
     def __post_init__(self):
         # Accept torch dtypes and lists from configs, but store canonical immutable values.
@@ -131,6 +138,8 @@ class QuantSpec:
             check_number(f"{where}clip_grid[{i}]", ratio, gt=0, le=1)
         check_choice(where + "scale_dtype", self.scale_dtype, SCALE_DTYPES)
         check_choice(where + "zero_point_dtype", self.zero_point_dtype, [None, *ZERO_POINT_DTYPES])
+        check_number(where + "scale_bits", self.scale_bits, ge=MIN_SCALE_BITS,
+                     le=MAX_SCALE_BITS, integer=True, none_ok=True)
 
     @property
     def qmin(self) -> int:
@@ -145,7 +154,9 @@ class QuantSpec:
         return SCALE_DTYPES[self.scale_dtype]
 
     @property
-    def scale_bits(self) -> int:
+    def scale_dtype_bits(self) -> int:
+        """Bits of one value at `scale_dtype` (a group's scale, or with `scale_bits` a row's
+        super-scale)."""
         return torch.finfo(self.torch_scale_dtype).bits
 
     @property
@@ -157,6 +168,8 @@ class QuantSpec:
         """Bits stored per group for the zero point: 0 when symmetric."""
         if self.symmetric:
             return 0
+        if self.zero_point_dtype == "packed":
+            return self.bits
         return self.torch_zero_point_dtype.itemsize * 8
 
     @classmethod
@@ -170,17 +183,20 @@ class QuantSpec:
         return d
 
     def name(self, sep: str = "_") -> str:
-        """The one name of a spec: 'int2_asym_g32_mse', 'int4_sym_ch', 'int3_asym_tensor_clip0.9'
-        ('float16' scales and zero points at the scale's dtype are the defaults and not named).
+        """The one name of a spec: 'int2_asym_g32_mse', 'int4_sym_ch', 'int3_asym_tensor_clip0.9',
+        'int2_asym_g32_dq6_zpp' (6-bit scale codes, packed zero points); 'float16' scales and
+        zero points at the scale's dtype are the defaults and not named.
         `sep=" "` gives the same name for tables: 'int2 asym g32 mse'."""
         gran = {"tensor": "tensor", "channel": "ch"}.get(self.granularity, f"g{self.group_size}")
         parts = [f"int{self.bits}", "sym" if self.symmetric else "asym", gran]
         parts += {"none": [], "mse": ["mse"], "fixed": [f"clip{self.clip_ratio:g}"]}[self.clip]
         if self.scale_dtype != "float16":
             parts.append(self.scale_dtype)
+        if self.scale_bits is not None:
+            parts.append(f"dq{self.scale_bits}")
         if not self.symmetric and self.zero_point_dtype != self.scale_dtype:
             zp = self.zero_point_dtype
-            parts.append("zpu8" if zp == "uint8" else f"zp{zp}")
+            parts.append({"uint8": "zpu8", "packed": "zpp"}.get(zp, f"zp{zp}"))
         return sep.join(parts)
 
     def describe(self) -> str:
