@@ -300,6 +300,25 @@ class ASRDataModule(lightning.LightningDataModule):
         loaders = [self._loader(name, train=False) for name in self.test_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
+    def calibration_dataloader(self, num_utterances: int = 128) -> DataLoader:
+        """`num_utterances` training utterances (a subset seeded by `seed`, never augmented),
+        in batches of similar length: the calibration data of calibration PTQ."""
+        check_number("num_utterances", num_utterances, ge=1, integer=True)
+        if self.sources["train"] is None:
+            raise RuntimeError("calibration needs training data: pass a train source")
+        if "train" not in self.datasets:
+            self.datasets["train"] = self._dataset(self.sources["train"])
+        dataset = self.datasets["train"]
+        g = torch.Generator().manual_seed(self.seed)
+        keep = torch.randperm(len(dataset), generator=g)[:num_utterances].tolist()
+        subset = torch.utils.data.Subset(dataset, sorted(keep))
+        durations = [dataset.durations()[i] for i in sorted(keep)]
+        sampler = DurationBatchSampler(durations, self.max_batch_seconds, shuffle=False,
+                                       seed=self.seed)
+        return DataLoader(subset, batch_sampler=sampler,
+                          collate_fn=functools.partial(collate_batch, tokenizer=self.tokenizer),
+                          num_workers=self.num_workers)
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Items that failed to decode inside (possibly worker) processes reach us here.
         if isinstance(batch, dict):

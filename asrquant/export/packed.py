@@ -29,6 +29,7 @@ from asrquant.data.tokenizer import tokenizer_from_state
 from asrquant.io import atomic_write
 from asrquant.lightning.module import ASRModule
 from asrquant.quant import (
+    QuantizedTensor,
     QuantRecipe,
     QuantSpec,
     group_layout,
@@ -53,9 +54,12 @@ def float_state_dict(state_dict: dict) -> dict:
     return {original_name(k): v for k, v in state_dict.items()}
 
 
-def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLike) -> dict:
+def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLike,
+                  chosen: dict[str, QuantizedTensor] | None = None) -> dict:
     """Write the checkpoint's model quantized with `recipe` (a QAT checkpoint's own recipe if
-    None) to `path`; returns a summary with the file size. Written atomically."""
+    None) to `path`; returns a summary with the file size. Written atomically.
+    `chosen`: codes a calibration PTQ picked (parameter name -> QuantizedTensor), stored as
+    they are; the other planned weights are rounded to nearest."""
     own = recipe_of_checkpoint(ckpt)
     if recipe is None:
         recipe = own
@@ -66,7 +70,7 @@ def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLik
         recipe = QuantRecipe(None, name="float")
     module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
     module.load_state_dict(float_state_dict(ckpt["state_dict"]))
-    tensors, quantized = packed_state_dict(module, recipe.plan(module))
+    tensors, quantized = packed_state_dict(module, recipe.plan(module), chosen)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),

@@ -12,23 +12,29 @@ own parameter names (e.g. "model.encoder.*" for ours, whatever yours are called)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from torch import nn
 from tqdm.auto import tqdm
 
 from asrquant.io import json_safe
 from asrquant.quant import (
     CHECKPOINT_KEY,
+    QuantizedTensor,
     QuantRecipe,
     QuantReport,
     attach_fake_quant,
+    build_report,
     detach_fake_quant,
     fake_quant_specs,
     recipe_of_checkpoint,
 )
+from asrquant.quant.calibrate import CalibrationConfig, calibrate_quantize
 
 MODES = ("qat", "ptq")
 
@@ -65,12 +71,23 @@ class QuantizationCallback(L.Callback):
         target: Callable[[L.LightningModule], nn.Module] | None = None,
         calibrate: Callable[[L.Trainer, nn.Module, QuantRecipe], QuantRecipe] | None = None,
         progress: bool = True,
+        calibration: CalibrationConfig | None = None,
+        calibration_data: Iterable | Callable[[L.Trainer], Iterable] | None = None,
+        calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
+        num_calibration: int = 128,
     ):
         """
         target: picks the submodule to quantize (default: the LightningModule itself).
         calibrate: optional hook run once before attaching, given the trainer, the target and
             the recipe, returning the recipe to use: the place for recipes that need data
             (e.g. per-layer sensitivity measured on the validation loader).
+        calibration: calibration PTQ (GPTQ, output-aware clip; asrquant.quant.calibrate)
+            instead of round-to-nearest: in PTQ mode the weights are quantized with it; in
+            QAT mode fine-tuning starts from its result.
+        calibration_data: batches for it (an iterable, or a function of the trainer); None:
+            `trainer.datamodule.calibration_dataloader(num_calibration)`.
+        calibration_forward: runs the target on one batch (default: calls it with the
+            batch's entries that its forward takes by name, or with the batch itself).
         """
         if mode not in MODES:
             raise ValueError(f"QuantizationCallback mode={mode!r} is invalid; allowed: {MODES}")
@@ -84,6 +101,14 @@ class QuantizationCallback(L.Callback):
         self.target = target
         self.calibrate = calibrate
         self.progress = progress
+        if calibration is not None and not isinstance(calibration, CalibrationConfig):
+            raise ValueError(f"QuantizationCallback calibration={calibration!r} is invalid; "
+                             "allowed: None or a CalibrationConfig")
+        self.calibration = calibration
+        self.calibration_data = calibration_data
+        self.calibration_forward = calibration_forward or call_with_batch
+        self.num_calibration = num_calibration
+        self.chosen: dict[str, QuantizedTensor] | None = None  # codes calibration picked
         self.report: QuantReport | None = None
         self._float_backup: dict[str, torch.Tensor] | None = None
 
@@ -96,8 +121,39 @@ class QuantizationCallback(L.Callback):
             return
         if self.calibrate is not None:
             self.recipe = self.calibrate(trainer, module, self.recipe)
+        if self._calibrates:
+            self._run_calibration(trainer, pl_module)
         self.report = attach_fake_quant(module, self.recipe, strict=self.strict)
         self._log(trainer)
+
+    @property
+    def _calibrates(self) -> bool:
+        return self.calibration is not None and self.calibration.needs_data
+
+    def _calibration_batches(self, trainer: L.Trainer, device) -> list:
+        data = self.calibration_data
+        if data is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
+                raise ValueError("calibration PTQ needs data: pass calibration_data to "
+                                 "QuantizationCallback, or a datamodule with "
+                                 "calibration_dataloader(num_utterances)")
+            data = datamodule.calibration_dataloader(self.num_calibration)
+        elif callable(data):
+            data = data(trainer)
+        return [move_data_to_device(b, device) for b in data]
+
+    def _run_calibration(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Calibration PTQ: the target's planned weights take their quantized values."""
+        module = self._module(pl_module)
+        plan = self.recipe.plan(module, strict=self.strict)
+        batches = self._calibration_batches(trainer, pl_module.device)
+        show = self.progress and trainer.is_global_zero
+        bar = (lambda items: tqdm(items, desc=f"PTQ: {self.calibration.method} calibration",
+                                  unit="stage", disable=not show, leave=False))
+        self.chosen = calibrate_quantize(module, plan, batches, self.calibration_forward,
+                                         self.calibration, progress=bar)
+        self.report = build_report(module, plan, self.recipe.name)
 
     def _log(self, trainer: L.Trainer) -> None:
         metrics = report_metrics(self.report)
@@ -119,6 +175,12 @@ class QuantizationCallback(L.Callback):
                              "quantization attached (a QAT model?): test it without the "
                              "PTQ callback")
         self._float_backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if self._calibrates:
+            if self.calibrate is not None:
+                self.recipe = self.calibrate(trainer, module, self.recipe)
+            self._run_calibration(trainer, pl_module)  # weights hold their quantized values
+            self._log(trainer)
+            return
         self._attach(trainer, pl_module)
         show = self.progress and trainer.is_global_zero
         bar = (lambda items: tqdm(items, desc="PTQ: quantizing weights", unit="weight",
@@ -156,6 +218,17 @@ class QuantizationCallback(L.Callback):
             "recipe": self.recipe.to_dict(),
             "report": None if self.report is None else json_safe(self.report.totals()),
         }
+
+
+def call_with_batch(module: nn.Module, batch: Any) -> Any:
+    """module(batch entries its forward names), e.g. ASRModule(audio=..., audio_lens=...) from
+    a dict batch; module(*batch) for a tuple or list; module(batch) otherwise."""
+    if isinstance(batch, dict):
+        names = inspect.signature(module.forward).parameters
+        return module(**{k: v for k, v in batch.items() if k in names})
+    if isinstance(batch, (tuple, list)):
+        return module(*batch)
+    return module(batch)
 
 
 def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | None:

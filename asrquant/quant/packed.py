@@ -225,24 +225,29 @@ def pack_module_weights(model: nn.Module, weights: dict[str, PackedWeight]) -> N
         module.add_module(f"packed_{attr}", packed)
 
 
-def packed_state_dict(model: nn.Module, plan: dict[str, QuantSpec]
+def packed_state_dict(model: nn.Module, plan: dict[str, QuantSpec],
+                      chosen: dict[str, QuantizedTensor] | None = None,
                       ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """(tensors, quantized) of `model` quantized by `plan`: every state-dict entry that the
     plan names becomes "<name>::packed" (uint8 codes at their bit width), "<name>::scale",
     if asymmetric "<name>::zero_point", and with double-quantized scales "<name>::super_scale"
     (the PackedWeight's buffers, see there); every other entry is kept under its own name.
-    `quantized` maps each packed name to {"shape", "dtype", "spec"} (JSON-ready)."""
+    `quantized` maps each packed name to {"shape", "dtype", "spec"} (JSON-ready).
+
+    `chosen`: codes already chosen for some weights (e.g. by calibration PTQ,
+    `asrquant.quant.calibrate`), stored as they are instead of re-quantizing the weight."""
     state = model.state_dict()
     unknown = sorted(set(plan) - set(state))
     if unknown:
         raise ValueError(f"plan names {unknown[:5]} that are not in the model's state dict")
+    given = chosen or {}
     tensors, quantized = {}, {}
     for name, tensor in state.items():
         spec = plan.get(name)
         if spec is None:
             tensors[name] = tensor.detach().contiguous()
             continue
-        qt = quantize(tensor.detach(), spec)
+        qt = given[name] if name in given else quantize(tensor.detach(), spec)
         for part, t in PackedWeight.from_quantized(qt).named_buffers():  # None ones skipped
             tensors[name + SEP + part] = t.contiguous()
         quantized[name] = {"shape": list(qt.shape), "dtype": str(qt.dtype).replace("torch.", ""),

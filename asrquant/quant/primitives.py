@@ -228,8 +228,23 @@ def dequantize_groups(q, scale, zero_point) -> torch.Tensor:
     return q * scale
 
 
-def _mse_search(x, lo, hi, spec: QuantSpec):
-    """Per group, the ratio of `spec.clip_grid` (and 1.0) with the least squared error.
+def group_error(err: torch.Tensor, hessian: torch.Tensor | None) -> torch.Tensor:
+    """Per-group error (rows, n_groups, 1) of weight errors `err` (rows, n_groups, glen).
+
+    hessian None: the squared weight error sum(e^2). Otherwise the output error on
+    calibration inputs X, e^T H_g e with H_g = X_g^T X_g the group's diagonal block of
+    H = X^T X: (n_groups, glen, glen) shared by every row, or (rows, n_groups, glen, glen)
+    with one Hessian per row (a depthwise convolution's channels see different inputs).
+    """
+    if hessian is None:
+        return err.square().sum(dim=-1, keepdim=True)
+    eq = "rgi,gij,rgj->rg" if hessian.dim() == 3 else "rgi,rgij,rgj->rg"
+    return torch.einsum(eq, err, hessian, err).unsqueeze(-1)
+
+
+def _mse_search(x, lo, hi, spec: QuantSpec, hessian: torch.Tensor | None = None):
+    """Per group, the ratio of `spec.clip_grid` (and 1.0) with the least error: squared
+    weight error, or with `hessian` the output error on calibration inputs (`group_error`).
 
     One pass over the weights per candidate ratio; each pass is vectorised over all groups.
     Ratio 1.0 is evaluated first and only strictly better ratios replace it, so the result
@@ -242,8 +257,7 @@ def _mse_search(x, lo, hi, spec: QuantSpec):
         err = quantize_groups(x, scale, zp, spec)
         if zp is not None:
             err.sub_(zp)
-        err.mul_(scale).sub_(x)
-        err = err.square_().sum(dim=-1, keepdim=True)
+        err = group_error(err.mul_(scale).sub_(x), hessian)
         if best_err is None:
             best_err, best_scale, best_zp = err, scale, zp
             best_ratio = torch.ones_like(scale)
@@ -257,19 +271,20 @@ def _mse_search(x, lo, hi, spec: QuantSpec):
     return best_scale, best_zp, best_ratio
 
 
-def choose_qparams(x: torch.Tensor, spec: QuantSpec):
+def choose_qparams(x: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor | None = None):
     """Scale, zero point (None if symmetric) and clip ratio per group of grouped weights `x`.
 
     Shapes (rows, n_groups, 1); scale and zero point hold values exactly representable in
-    `spec.scale_dtype` but are returned as float32 for computation.
+    `spec.scale_dtype` but are returned as float32 for computation. With clip="mse" and a
+    `hessian` (see `group_error`) the clip ratio minimises the output error, not the weight's.
     """
-    return _choose_qparams(x, _range_stats(x, spec), spec)
+    return _choose_qparams(x, _range_stats(x, spec), spec, hessian)
 
 
-def _choose_qparams(x: torch.Tensor, lo_hi, spec: QuantSpec):
+def _choose_qparams(x: torch.Tensor, lo_hi, spec: QuantSpec, hessian=None):
     lo, hi = lo_hi
     if spec.clip == "mse":
-        return _mse_search(x, lo, hi, spec)
+        return _mse_search(x, lo, hi, spec, hessian)
     ratio = spec.clip_ratio if spec.clip == "fixed" else 1.0
     scale, zp = _qparams_for_ratio(lo, hi, ratio, spec)
     return scale, zp, torch.full_like(scale, ratio)
@@ -310,7 +325,10 @@ def _codes_dtype(spec: QuantSpec) -> torch.dtype:
     return torch.int8 if spec.symmetric else torch.uint8
 
 
-def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+def quantize(w: torch.Tensor, spec: QuantSpec,
+             hessian: torch.Tensor | None = None) -> QuantizedTensor:
+    """Round-to-nearest codes of `w`; `hessian` (per group, see `group_error`) makes the
+    clip search (clip="mse") minimise the output error on calibration inputs."""
     layout = group_layout(w.shape, spec)
     sdt = spec.torch_scale_dtype
     if w.numel() == 0:
@@ -324,7 +342,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
             spec=spec,
         )
     x = to_groups(w, layout)
-    scale, zp, _ = choose_qparams(x, spec)
+    scale, zp, _ = choose_qparams(x, spec, hessian)
     q = quantize_groups(x, scale, zp, spec)
     codes = from_groups(q, layout, w.shape).to(_codes_dtype(spec))
     return QuantizedTensor(

@@ -285,10 +285,13 @@ def recipe_from_config(cfg: dict) -> QuantRecipe:
           - {pattern: "*.self_attn.*", bits: 4, group_size: 128}
           - {pattern: "encoder_proj.*", float: true}
 
+    `method` (rtn | gptq | awq_clip | gptq_awq_clip) says how codes are chosen, not what they
+    are: it is read by the run (asrquant.quant.calibrate) and not part of the recipe.
     Unknown keys raise ValueError naming them and the allowed ones.
     """
     cfg = dict(cfg)
-    check_keys("quant recipe", cfg, ("name", "rules", *_SPEC_KEYS))
+    check_keys("quant recipe", cfg, ("name", "rules", "method", *_SPEC_KEYS))
+    cfg.pop("method", None)
     name = cfg.pop("name", "custom")
     rule_cfgs = cfg.pop("rules", None) or []
     base = {k: v for k, v in cfg.items() if v is not None or k == "group_size"}

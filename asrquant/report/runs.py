@@ -147,7 +147,16 @@ def run_names(runs: list[dict]) -> list[str]:
 
 def _spec_fields(run: dict) -> dict:
     """Recipe columns of a run: its label ('int2 asym g32 mse', QuantSpec.describe; a mixed
-    recipe's name; 'float') and the default spec's fields."""
+    recipe's name; 'float'; followed by how the codes were chosen when not round-to-nearest,
+    the run's `method`: 'int2 asym g32 gptq') and the default spec's fields."""
+    fields = _recipe_fields(run)
+    method = run.get("method")
+    if method and method != "rtn":
+        fields["recipe"] = f"{fields['recipe']} {method}"
+    return fields
+
+
+def _recipe_fields(run: dict) -> dict:
     recipe = run.get("recipe") or {}
     default = recipe.get("default") or {}
     mixed = bool(recipe.get("rules"))

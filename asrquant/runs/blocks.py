@@ -26,7 +26,7 @@ from asrquant.export import float_checkpoint
 from asrquant.lightning.callbacks import QuantizationCallback, restore_quantization
 from asrquant.lightning.module import INFERENCE_CHECKPOINT_KEYS, ASRModule
 from asrquant.models.sizes import size_config
-from asrquant.runs.common import recipe_of
+from asrquant.runs.common import calibration_of, recipe_of
 
 DATA_KINDS = ("synthetic", "manifest", "librispeech")
 TOKENIZER_KINDS = ("sentencepiece", "char")
@@ -282,6 +282,10 @@ def quantization_callbacks(cfg: dict, mode: str) -> list[QuantizationCallback]:
     if recipe is None:
         return []
     extra = {"restore": False} if mode == "ptq" else {}
+    calibration = calibration_of(cfg)
+    if calibration is not None:
+        extra["calibration"] = calibration
+        extra["num_calibration"] = int((cfg.get("calib") or {}).get("num_utterances", 128))
     return [QuantizationCallback(recipe, mode=mode, strict=bool(cfg.get("quant_strict")),
                                  **extra)]
 

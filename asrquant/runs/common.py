@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from asrquant.checks import check_number
+from asrquant.checks import check_choice, check_keys, check_number, config_key
 from asrquant.io import atomic_write_json, check_writable, json_safe
 from asrquant.quant import (
     QuantRecipe,
@@ -26,6 +26,7 @@ from asrquant.quant import (
     fake_quant_specs,
     recipe_from_config,
 )
+from asrquant.quant.calibrate import METHODS, CalibrationConfig
 
 
 def plain(cfg) -> Any:
@@ -107,6 +108,27 @@ def recipe_of(cfg: dict) -> QuantRecipe | None:
         return None
     recipe = recipe_from_config(quant)
     return None if recipe.default is None and not recipe.rules else recipe
+
+
+def calibration_of(cfg: dict) -> CalibrationConfig | None:
+    """The calibration PTQ of a config: `quant.method` (rtn: None) with the `calib` settings
+    (num_utterances is the callback's; damp, act_order, block_size GPTQ's)."""
+    method = method_label(cfg)
+    check_choice("quant.method", method, METHODS)
+    calib = dict(cfg.get("calib") or {})
+    check_keys("calib", calib, ("num_utterances", "damp", "act_order", "block_size"))
+    check_number("calib.num_utterances", calib.get("num_utterances", 128), ge=1, integer=True)
+    with config_key("calib."):
+        config = CalibrationConfig(method=method, **{k: calib[k] for k in
+                                                     ("damp", "act_order", "block_size")
+                                                     if k in calib})
+    return config if config.needs_data else None
+
+
+def method_label(cfg: dict) -> str:
+    """What chose the codes, for results.json `method` and the tables' labels: 'rtn', or a
+    calibration method ('gptq', ...)."""
+    return (cfg.get("quant") or {}).get("method") or "rtn"
 
 
 def size_report(module: nn.Module, recipe: QuantRecipe | None) -> QuantReport:

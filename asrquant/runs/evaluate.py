@@ -27,6 +27,7 @@ from asrquant.runs.common import (
     PACKED_NOTE,
     Run,
     finish_run,
+    method_label,
     recipe_of,
     require_ckpt,
     size_fields,
@@ -62,13 +63,17 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     add_per_speaker(module.last_results, run_dir / "predictions", sources)
     results = {"mode": "qat" if qat_ckpt else ("ptq" if recipe else "float"),
                "ckpt": str(cfg["ckpt"]), "decoder": decoder, **scored_sets(module.last_results)}
+    chosen = callbacks[0].chosen if callbacks else None
+    if recipe is not None and not qat_ckpt:
+        results["method"] = method_label(cfg)
     if qat_ckpt:
         recipe = recipe_of_checkpoint(ckpt)
     results.update(size_fields(size_report(module, recipe), recipe))
     if callbacks and callbacks[0].report is not None:
         results["quant_metrics"] = report_metrics(callbacks[0].report)
     if cfg.get("export"):  # the packed file of what was evaluated, and its real size
-        info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors")
+        info = export_packed(ckpt, None if qat_ckpt else recipe, run_dir / "model.safetensors",
+                             chosen)
         results["file_bytes"] = info["file_bytes"]
     return finish_run(run, results)
 

@@ -28,6 +28,7 @@ from asrquant.runs.blocks import (
 )
 from asrquant.runs.common import (
     PACKED_NOTE,
+    calibration_of,
     check_files,
     check_threads,
     plain,
@@ -41,6 +42,7 @@ def validate_config(cfg, kind: str):
     """`kind` is "train" or "eval". Returns the config unchanged."""
     original, cfg = cfg, plain(cfg)
     recipe = recipe_of(cfg)  # QuantSpec / recipe validation
+    calibration_of(cfg)  # quant.method and calib.*
     data = cfg.get("data") or {}
     data_kind(data)
     dev_split_of(data)

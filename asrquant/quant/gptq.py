@@ -1,0 +1,174 @@
+"""Calibration-based rounding of one weight: GPTQ (Frantar et al., 2023), pure torch.
+
+A weight W (rows, n) seen by inputs X (N, n) gives the layer output X W^T. Round-to-nearest
+(RTN) minimises each weight's own error; GPTQ minimises the output error ||X W^T - X Q^T||^2
+by rounding one input column at a time and spreading its rounding error over the columns not
+yet rounded, weighted by the inverse Hessian H^-1 (H = X^T X, the same for every row):
+
+    for column j (in order, or by decreasing H_jj with act_order):
+        q_j   = quantize(w_j)                         # with the group's fixed qparams
+        e_j   = (w_j - q_j) / U_jj                    # U = upper Cholesky factor of H^-1
+        w_k  -= e_j * U_jk        for every k > j     # error compensation
+
+Quantization parameters are "static groups": chosen once per group from the unmodified
+weight (RTN range, mse clip, or the output-aware clip search with the same Hessian) before any
+column is rounded, so act_order works with our groups and the codes are ordinary codes on the
+grid of `QuantSpec`: export and packed loading need no change. H is damped,
+H + damp * mean(diag H) * I, and inputs that are never active (H_jj = 0) get H_jj = 1 and
+their weights set to 0 (they multiply zeros). A Hessian of shape (rows, n, n) gives each row
+its own (a depthwise convolution, whose channels see different inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .primitives import (
+    QuantizedTensor,
+    _codes_dtype,
+    choose_qparams,
+    dequantize_groups,
+    group_layout,
+    quantize,
+    quantize_groups,
+    to_groups,
+)
+from .spec import QuantSpec
+
+
+def _check_hessian(h: torch.Tensor, rows: int, n: int, where: str) -> None:
+    ok = (h.dim() == 2 and h.shape == (n, n)) or (h.dim() == 3 and h.shape == (rows, n, n))
+    if not ok:
+        raise ValueError(f"{where}: Hessian of shape {tuple(h.shape)} does not fit a weight of "
+                         f"{rows} rows of {n} inputs; allowed: ({n}, {n}) or ({rows}, {n}, {n})")
+
+
+def group_hessians(h: torch.Tensor, shape, spec: QuantSpec) -> torch.Tensor:
+    """The diagonal blocks H_g of H, one per group (zero-padded like the weight's groups):
+    (n_groups, glen, glen), or (rows, n_groups, glen, glen) for a per-row Hessian. What
+    `choose_qparams(..., hessian=)` weighs the clip search with."""
+    layout = group_layout(shape, spec)
+    n, glen, ng = layout.row_len, layout.group_len, layout.n_groups
+    if spec.granularity == "tensor":
+        raise ValueError("calibration needs per-row quantization parameters; granularity="
+                         "'tensor' is not supported (allowed: 'channel', 'group')")
+    _check_hessian(h, layout.rows, n, "group_hessians")
+    h = h.to(torch.float32)
+    pad = layout.pad
+    if pad:
+        h = torch.nn.functional.pad(h, (0, pad, 0, pad))
+    idx = torch.arange(ng)
+    blocks = h.unflatten(-1, (ng, glen)).unflatten(-3, (ng, glen))  # (..., ng, glen, ng, glen)
+    if h.dim() == 2:
+        return blocks[idx, :, idx, :]  # (ng, glen, glen)
+    return blocks[:, idx, :, idx, :].transpose(0, 1)  # (rows, ng, glen, glen)
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, batched over leading dims."""
+    n = h.shape[-1]
+    diag = h.diagonal(dim1=-2, dim2=-1)
+    eye = torch.eye(n, dtype=h.dtype)
+    h = h + (damp * diag.mean(dim=-1, keepdim=True)).unsqueeze(-1) * eye
+    for extra in (0.0, 1e-2, 1e-1, 1.0):  # more damping if H is numerically not positive
+        hd = h + extra * diag.mean(dim=-1, keepdim=True).clamp(min=1e-8).unsqueeze(-1) * eye
+        chol, info = torch.linalg.cholesky_ex(hd.double())
+        if not bool(info.any()):
+            hinv = torch.cholesky_inverse(chol)
+            u, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if not bool(info.any()):
+                return u.to(torch.float32)
+    raise ValueError("GPTQ: the Hessian is not positive definite even with damping 1.0; "
+                     "use more calibration utterances")
+
+
+def gptq_quantize(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    damp: float = 0.01,
+    act_order: bool = False,
+    block_size: int = 128,
+    output_clip: bool = False,
+) -> QuantizedTensor:
+    """GPTQ codes of `w` for inputs whose Hessian is `hessian` (see the module docstring).
+
+    w: any weight our quantizer takes (rows = w.shape[0], n = the rest flattened).
+    hessian: X^T X of that layer's inputs, (n, n), or (rows, n, n) with one per row.
+    output_clip: choose each group's clip ratio by the output error (`spec.clip_grid`)
+        instead of `spec.clip`.
+    The qparams are those `quantize` would store (static groups); only the codes differ.
+    """
+    if not 0.0 <= damp <= 1.0:
+        raise ValueError(f"GPTQ damp={damp!r} is invalid; allowed: a float in [0, 1]")
+    if block_size < 1:
+        raise ValueError(f"GPTQ block_size={block_size!r} is invalid; allowed: an integer >= 1")
+    layout = group_layout(w.shape, spec)
+    rows, n, glen = layout.rows, layout.row_len, layout.group_len
+    if spec.granularity == "tensor":
+        raise ValueError("GPTQ needs per-row quantization parameters; granularity='tensor' "
+                         "is not supported (allowed: 'channel', 'group')")
+    _check_hessian(hessian, rows, n, "GPTQ")
+    h = hessian.to(torch.float32).clone()
+    weight = w.detach().reshape(rows, n).to(torch.float32).clone()
+    dead = h.diagonal(dim1=-2, dim2=-1) == 0  # (n,) or (rows, n)
+    if bool(dead.any()):
+        h.diagonal(dim1=-2, dim2=-1)[dead] = 1.0
+        weight[dead.expand(rows, n)] = 0.0
+
+    qspec = dataclasses.replace(spec, clip="mse") if output_clip else spec
+    hg = group_hessians(hessian, w.shape, spec) if output_clip else None
+    qt = quantize(weight.reshape(w.shape), qspec, hessian=hg)  # the stored qparams
+    scale, zp, _ = choose_qparams(to_groups(weight, layout), qspec, hg)
+    scale = scale.squeeze(-1)  # (rows, n_groups), decoded float32
+    zp = None if zp is None else zp.squeeze(-1)
+
+    perm = None
+    if act_order:
+        key = h.diagonal(dim1=-2, dim2=-1)
+        perm = torch.argsort(key if key.dim() == 1 else key.sum(0), descending=True)
+        weight = weight[:, perm]
+        h = h[..., perm, :][..., perm]
+    u = _inverse_cholesky(h, damp)  # (n, n) or (rows, n, n)
+    group_of = torch.arange(n) // glen
+    if perm is not None:
+        group_of = group_of[perm]
+
+    codes = torch.empty(rows, n)
+    for i1 in range(0, n, block_size):
+        i2 = min(i1 + block_size, n)
+        w1 = weight[:, i1:i2].clone()
+        err1 = torch.empty_like(w1)
+        u1 = u[..., i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            g = int(group_of[i1 + i])
+            s = scale[:, g : g + 1]
+            z = None if zp is None else zp[:, g : g + 1]
+            col = w1[:, i : i + 1]
+            q = quantize_groups(col, s, z, spec)
+            codes[:, i1 + i] = q[:, 0]
+            d = u1[i, i] if u1.dim() == 2 else u1[:, i, i].unsqueeze(-1)
+            e = (col - dequantize_groups(q, s, z)) / d
+            row_u = u1[i, i:].unsqueeze(0) if u1.dim() == 2 else u1[:, i, i:]
+            w1[:, i:] -= e * row_u
+            err1[:, i] = e[:, 0]
+        if i2 < n:
+            if u.dim() == 2:
+                weight[:, i2:] -= err1 @ u[i1:i2, i2:]
+            else:
+                weight[:, i2:] -= torch.einsum("ri,rij->rj", err1, u[:, i1:i2, i2:])
+    if perm is not None:
+        codes = codes[:, torch.argsort(perm)]
+    return dataclasses.replace(qt, codes=codes.reshape(w.shape).to(_codes_dtype(spec)))
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """sum over rows of (w - w^)^T H (w - w^) = ||X W^T - X W^^T||^2 for H = X^T X."""
+    e = (w.detach().reshape(w.shape[0], -1) - w_hat.detach().reshape(w.shape[0], -1)).float()
+    h = hessian.float()
+    if h.dim() == 2:
+        return float(((e @ h) * e).sum())
+    return float(torch.einsum("ri,rij,rj->", e, h, e))

@@ -1,0 +1,278 @@
+"""Calibration PTQ: GPTQ rounding, output-aware clip, layer inputs captured by hooks."""
+
+import copy
+import dataclasses
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from asrquant.lightning.callbacks import QuantizationCallback
+from asrquant.quant import QuantRecipe, QuantSpec, dequantize, quantize
+from asrquant.quant.calibrate import CalibrationConfig, calibrate_quantize, conv_inputs
+from asrquant.quant.gptq import gptq_quantize, group_hessians, output_error
+from asrquant.quant.packed import PackedWeight, pack_module_weights, packed_state_dict
+
+
+def correlated_inputs(n_in, n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(n_in, n_in, generator=g) * 0.5 + torch.eye(n_in)
+    return torch.randn(n, n_in, generator=g) @ mix + torch.randn(n_in, generator=g)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(bits=2, group_size=8),
+                                  QuantSpec(bits=3, symmetric=True, granularity="channel"),
+                                  QuantSpec(bits=4, group_size=16)])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_has_a_smaller_output_error_than_round_to_nearest(spec, act_order):
+    w = torch.randn(24, 48, generator=torch.Generator().manual_seed(1))
+    x = correlated_inputs(48)
+    h = x.T @ x
+    rtn = dequantize(quantize(w, spec))
+    gptq = dequantize(gptq_quantize(w, h, spec, act_order=act_order))
+    assert output_error(w, gptq, h) < 0.8 * output_error(w, rtn, h)
+
+
+def naive_gptq(w, h, spec, damp):
+    """The OBQ recurrence GPTQ computes, written out: round column j with its group's RTN
+    qparams, then w_F -= (w_j - q_j) / [H_F^-1]_jj * [H_F^-1]_{F,j} over the columns F not yet
+    rounded, with H_F^-1 recomputed from scratch for every j."""
+    h = h + damp * h.diagonal().mean() * torch.eye(h.shape[0])
+    h = h.double()
+    w = w.clone().double()
+    glen = spec.group_size
+    ref = quantize(w.float(), spec)
+    scale = ref.scale.double()
+    zp = None if ref.zero_point is None else ref.zero_point.double()
+    codes = torch.zeros_like(w)
+    n = w.shape[1]
+    for j in range(n):
+        free = list(range(j, n))
+        hinv = torch.linalg.inv(h[free][:, free])
+        g = j // glen
+        s = scale[:, g]
+        q = torch.round(w[:, j] * (1.0 / s))
+        if zp is not None:
+            q = q + zp[:, g]
+        q = q.clamp(spec.qmin, spec.qmax)
+        codes[:, j] = q
+        deq = (q - (zp[:, g] if zp is not None else 0)) * s
+        err = (w[:, j] - deq) / hinv[0, 0]
+        w[:, j:] -= err.unsqueeze(1) * hinv[0].unsqueeze(0)
+    return codes
+
+
+def test_gptq_equals_the_naive_obq_recurrence_on_a_tiny_case():
+    spec = QuantSpec(bits=2, group_size=4)
+    w = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    x = correlated_inputs(8, n=64, seed=4)
+    h = x.T @ x
+    got = gptq_quantize(w, h, spec, damp=0.01, act_order=False, block_size=3)
+    want = naive_gptq(w, h, spec, damp=0.01)
+    assert torch.equal(got.codes.double(), want)
+
+
+def test_gptq_keeps_the_qparams_round_to_nearest_would_store():
+    spec = QuantSpec(bits=2, group_size=8)
+    w = torch.randn(6, 20)
+    h = correlated_inputs(20).T @ correlated_inputs(20)
+    got, rtn = gptq_quantize(w, h @ h.T, spec, act_order=True), quantize(w, spec)
+    assert torch.equal(got.scale, rtn.scale) and torch.equal(got.zero_point, rtn.zero_point)
+    assert got.codes.dtype == rtn.codes.dtype and got.codes.shape == w.shape
+    assert int(got.codes.min()) >= spec.qmin and int(got.codes.max()) <= spec.qmax
+
+
+def test_a_per_row_hessian_gives_each_row_its_own_compensation():
+    spec = QuantSpec(bits=2, group_size=32)
+    w = torch.randn(6, 1, 7)  # a depthwise conv: one Hessian per channel
+    xs = torch.stack([correlated_inputs(7, n=100, seed=s) for s in range(6)])
+    h = xs.transpose(1, 2) @ xs
+    per_row = dequantize(gptq_quantize(w, h, spec))
+    for r in range(6):  # row r alone, with its own Hessian, gives the same codes
+        alone = dequantize(gptq_quantize(w[r : r + 1], h[r], spec))
+        assert torch.equal(per_row[r : r + 1], alone)
+
+
+def test_a_hessian_of_the_wrong_shape_is_refused_naming_both_shapes():
+    with pytest.raises(ValueError, match=r"\(5, 5\).*\(8, 8\)"):
+        gptq_quantize(torch.randn(4, 8), torch.eye(5), QuantSpec(bits=2, group_size=4))
+
+
+def test_output_aware_clip_is_never_worse_in_output_error_than_no_clip():
+    g = torch.Generator().manual_seed(5)
+    for spec in (QuantSpec(bits=2, granularity="channel"), QuantSpec(bits=3, symmetric=True,
+                                                                      granularity="channel")):
+        w = torch.randn(16, 32, generator=g) * torch.rand(1, 32, generator=g) * 3
+        x = correlated_inputs(32, seed=6)
+        h = x.T @ x
+        plain = dequantize(quantize(w, spec))
+        aware = dequantize(quantize(w, dataclasses.replace(spec, clip="mse"),
+                                    hessian=group_hessians(h, w.shape, spec)))
+        assert output_error(w, aware, h) <= output_error(w, plain, h)
+        assert output_error(w, aware, h) < output_error(w, plain, h)  # it found a better clip
+
+
+def test_with_groups_output_aware_clip_minimises_each_groups_block_error():
+    spec = QuantSpec(bits=2, group_size=8, clip="mse")
+    w = torch.randn(4, 24)
+    x = correlated_inputs(24, seed=7)
+    hg = group_hessians(x.T @ x, w.shape, spec)
+    assert hg.shape == (3, 8, 8)
+    assert torch.allclose(hg[1], (x.T @ x)[8:16, 8:16])
+    for ratio_spec in (dataclasses.replace(spec, clip="none"),
+                       dataclasses.replace(spec, clip="fixed", clip_ratio=0.7)):
+        aware = dequantize(quantize(w, spec, hessian=hg)) - w
+        other = dequantize(quantize(w, ratio_spec)) - w
+        for gi in range(3):
+            sl = slice(8 * gi, 8 * gi + 8)
+            e_a = torch.einsum("ri,ij,rj->r", aware[:, sl], hg[gi], aware[:, sl])
+            e_o = torch.einsum("ri,ij,rj->r", other[:, sl], hg[gi], other[:, sl])
+            assert bool((e_a <= e_o * (1 + 1e-5) + 1e-6).all())
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(6, 10, 1), nn.Conv1d(6, 4, 3, padding=1, stride=2),
+                                  nn.Conv2d(2, 5, 3, stride=2), nn.Conv1d(6, 6, 5, padding=2,
+                                                                          groups=6)])
+def test_conv_inputs_are_the_im2col_rows_whose_product_is_the_convolution(conv):
+    x = torch.randn(2, conv.in_channels, *((9, 11) if isinstance(conv, nn.Conv2d) else (13,)))
+    cols = conv_inputs(conv, x)
+    w = conv.weight.reshape(conv.out_channels, -1)
+    y = conv(x) - conv.bias.reshape(1, -1, *([1] * (x.dim() - 2)))
+    if conv.groups == 1:  # (N, in*k): rows ordered (batch, position)
+        got = (cols @ w.T).reshape(x.shape[0], -1, conv.out_channels)
+        want = y.flatten(2).transpose(1, 2)
+    else:  # depthwise: (channels, N, k)
+        got = torch.einsum("cnk,ck->cn", cols, w)
+        want = y.transpose(0, 1).reshape(conv.out_channels, -1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, 2)
+        self.conv = nn.Conv1d(d, d, 3, padding=1, groups=d)
+        self.ff = nn.Linear(d, d)
+
+    def forward(self, x):  # (T, B, d)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.conv(x.permute(1, 2, 0)).permute(2, 0, 1)
+        return x + self.ff(torch.relu(x))
+
+
+class Tiny(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.front = nn.Conv2d(1, 4, 3, stride=2)
+        self.proj = nn.Linear(4 * 7, d)
+        self.layers = nn.ModuleList([Block(d), Block(d)])
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, feats):  # (B, T, 16)
+        x = torch.relu(self.front(feats.unsqueeze(1)))  # (B, 4, T', 7)
+        x = self.proj(x.permute(0, 2, 1, 3).flatten(2)).transpose(0, 1)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def tiny_batches(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, 21, 16, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq_clip", "gptq_awq_clip"])
+def test_calibration_quantizes_every_planned_weight_and_beats_rtn_on_the_outputs(method):
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    recipe = QuantRecipe(QuantSpec(bits=2, group_size=8))
+    plan = recipe.plan(model)
+    assert "layers.0.attn.out_proj.weight" in plan and "front.weight" in plan
+    batches = tiny_batches()
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in batches])
+    rtn = copy.deepcopy(model)
+    calibrate_quantize(rtn, plan, batches, lambda m, b: m(b), CalibrationConfig("rtn"))
+    cal = copy.deepcopy(model)
+    chosen = calibrate_quantize(cal, plan, batches, lambda m, b: m(b), CalibrationConfig(method))
+    assert set(chosen) == set(plan)
+    for name, qt in chosen.items():  # the model holds exactly the decoded codes
+        assert torch.equal(cal.get_parameter(name).detach(), dequantize(qt))
+    with torch.no_grad():
+        err_rtn = (torch.cat([rtn(b) for b in batches]) - ref).square().mean()
+        err_cal = (torch.cat([cal(b) for b in batches]) - ref).square().mean()
+    assert err_cal < err_rtn
+
+
+def test_packed_model_from_calibrated_codes_equals_the_calibrated_model_exactly():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    plan = QuantRecipe(QuantSpec(bits=2, group_size=8)).plan(model)
+    cal = copy.deepcopy(model)
+    chosen = calibrate_quantize(cal, plan, tiny_batches(), lambda m, b: m(b))
+    tensors, meta = packed_state_dict(model, plan, chosen)  # the float model + chosen codes
+    packed = copy.deepcopy(model)
+    weights = {}
+    for name in plan:
+        pw = PackedWeight.from_quantized(chosen[name])
+        assert torch.equal(pw.packed, tensors[name + "::packed"])
+        weights[name] = pw
+    pack_module_weights(packed, weights)
+    for name in plan:  # every decoded weight equals the calibrated one bit for bit
+        mod, _, attr = name.rpartition(".")
+        assert torch.equal(getattr(packed.get_submodule(mod), attr), cal.get_parameter(name))
+    x = tiny_batches(1, seed=9)[0]
+    with torch.no_grad():  # outputs: float rounding only (MultiheadAttention may take its
+        # fused fast path with plain parameters, never with decoded ones)
+        assert torch.allclose(packed(x), cal(x), atol=1e-5, rtol=0)
+
+
+def test_a_module_the_forward_never_calls_is_named():
+    model = Tiny()
+    model.unused = nn.Linear(3, 3)
+    plan = QuantRecipe(QuantSpec(bits=4, group_size=8)).plan(model)
+    with pytest.raises(ValueError, match="never calls.*unused"):
+        calibrate_quantize(model, plan, tiny_batches(1), lambda m, b: m(b))
+
+
+def test_bad_calibration_settings_name_the_value():
+    with pytest.raises(ValueError, match="method='optq'.*gptq"):
+        CalibrationConfig("optq")
+    with pytest.raises(ValueError, match="damp=2"):
+        CalibrationConfig(damp=2)
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate_quantize(Tiny(), {}, [], lambda m, b: m(b))
+
+
+class Regressor(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = Tiny()
+        self.seen = None
+
+    def forward(self, feats):
+        return self.net(feats)
+
+    def test_step(self, batch, batch_idx):
+        self.seen = self.net.head.weight.detach().clone()
+        self.log("out", self(batch["feats"]).mean())
+
+
+def test_callback_ptq_with_gptq_calibrates_on_the_given_batches_then_restores(tmp_path):
+    torch.manual_seed(0)
+    module = Regressor()
+    float_head = module.net.head.weight.detach().clone()
+    data = torch.utils.data.DataLoader([{"feats": b, "unused": torch.zeros(1)}
+                                        for b in tiny_batches(2)], batch_size=None)
+    cb = QuantizationCallback(QuantRecipe(QuantSpec(bits=2, group_size=8)), mode="ptq",
+                              calibration=CalibrationConfig("gptq"), calibration_data=data,
+                              progress=False)
+    trainer = L.Trainer(callbacks=[cb], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.test(module, dataloaders=data)
+    assert cb.chosen is not None and "net.head.weight" in cb.chosen
+    assert torch.equal(module.seen, dequantize(cb.chosen["net.head.weight"]))
+    assert torch.equal(module.net.head.weight, float_head)  # restored after testing
+    assert cb.report.num_quantized == sum(p.numel() for n, p in module.named_parameters()
+                                          if n in cb.chosen)
