@@ -35,9 +35,11 @@ from asrquant.quant import (
     group_layout,
     original_name,
     recipe_of_checkpoint,
+    split_learned_qparams,
 )
 from asrquant.quant.pack import packed_nbytes
 from asrquant.quant.packed import SEP, PackedWeight, pack_module_weights, packed_state_dict
+from asrquant.quant.recipe import learned_quantized
 
 FORMAT = "asrquant.packed"
 FORMAT_VERSION = 2
@@ -69,8 +71,15 @@ def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLik
     if recipe is None:  # a float file: every tensor at its own dtype
         recipe = QuantRecipe(None, name="float")
     module = ASRModule(ckpt["model_config"], tokenizer_from_state(ckpt["tokenizer_state"]))
-    module.load_state_dict(float_state_dict(ckpt["state_dict"]))
-    tensors, quantized = packed_state_dict(module, recipe.plan(module), chosen)
+    state, learned = split_learned_qparams(ckpt["state_dict"])
+    module.load_state_dict(float_state_dict(state))
+    plan = recipe.plan(module)
+    chosen = dict(chosen or {})
+    for name, qp in learned.items():  # a QAT checkpoint with learned (LSQ) scales
+        name = original_name(name)
+        chosen[name] = learned_quantized(module.get_parameter(name), plan[name], qp["scale"],
+                                         qp["zero_point"])
+    tensors, quantized = packed_state_dict(module, plan, chosen)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),

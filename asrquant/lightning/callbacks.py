@@ -33,8 +33,10 @@ from asrquant.quant import (
     detach_fake_quant,
     fake_quant_specs,
     recipe_of_checkpoint,
+    scales_of_checkpoint,
 )
 from asrquant.quant.calibrate import CalibrationConfig, calibrate_quantize
+from asrquant.quant.recipe import SCALE_MODES
 
 MODES = ("qat", "ptq")
 
@@ -75,6 +77,7 @@ class QuantizationCallback(L.Callback):
         calibration_data: Iterable | Callable[[L.Trainer], Iterable] | None = None,
         calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
         num_calibration: int = 128,
+        scales: str = "dynamic",
     ):
         """
         target: picks the submodule to quantize (default: the LightningModule itself).
@@ -88,6 +91,8 @@ class QuantizationCallback(L.Callback):
             `trainer.datamodule.calibration_dataloader(num_calibration)`.
         calibration_forward: runs the target on one batch (default: calls it with the
             batch's entries that its forward takes by name, or with the batch itself).
+        scales: QAT only: "dynamic" (recomputed from the weights each step) or "learned"
+            (LSQ: trained scales and zero points, starting from RTN or the calibration's).
         """
         if mode not in MODES:
             raise ValueError(f"QuantizationCallback mode={mode!r} is invalid; allowed: {MODES}")
@@ -108,6 +113,11 @@ class QuantizationCallback(L.Callback):
         self.calibration_data = calibration_data
         self.calibration_forward = calibration_forward or call_with_batch
         self.num_calibration = num_calibration
+        if scales not in SCALE_MODES or (scales != "dynamic" and mode != "qat"):
+            raise ValueError(f"QuantizationCallback scales={scales!r} is invalid with mode="
+                             f"{mode!r}; allowed: {list(SCALE_MODES)} for qat, 'dynamic' for "
+                             "ptq")
+        self.scales = scales
         self.chosen: dict[str, QuantizedTensor] | None = None  # codes calibration picked
         self.report: QuantReport | None = None
         self._float_backup: dict[str, torch.Tensor] | None = None
@@ -123,7 +133,8 @@ class QuantizationCallback(L.Callback):
             self.recipe = self.calibrate(trainer, module, self.recipe)
         if self._calibrates:
             self._run_calibration(trainer, pl_module)
-        self.report = attach_fake_quant(module, self.recipe, strict=self.strict)
+        self.report = attach_fake_quant(module, self.recipe, strict=self.strict,
+                                        scales=self.scales, init=self.chosen)
         self._log(trainer)
 
     @property
@@ -216,6 +227,7 @@ class QuantizationCallback(L.Callback):
         checkpoint[CHECKPOINT_KEY] = {
             "mode": self.mode,
             "recipe": self.recipe.to_dict(),
+            "scales": self.scales,
             "report": None if self.report is None else json_safe(self.report.totals()),
         }
 
@@ -237,4 +249,6 @@ def restore_quantization(module: nn.Module, checkpoint: dict) -> QuantReport | N
     Returns the report, or None when the checkpoint holds no quantization (a float model).
     """
     recipe = recipe_of_checkpoint(checkpoint)
-    return None if recipe is None else attach_fake_quant(module, recipe)
+    if recipe is None:
+        return None
+    return attach_fake_quant(module, recipe, scales=scales_of_checkpoint(checkpoint))

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from asrquant.checks import check_choice, check_number
@@ -208,18 +208,47 @@ class ASRModule(L.LightningModule):
             log_probs, out_lens, batch["targets"], batch["target_lens"]
         ).mean()
         batch_size = batch["audio"].size(0)
+        teacher = self.__dict__.get("_teacher")
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_lp, teacher_lens = teacher(batch["audio"], batch["audio_lens"])
+            kd = distillation_loss(log_probs, teacher_lp, out_lens, self._kd["temperature"])
+            self.log("train/ctc", loss, batch_size=batch_size)
+            self.log("train/kd", kd, batch_size=batch_size)
+            loss = loss + self._kd["weight"] * kd
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("train/lr", lr, batch_size=batch_size)
         return loss
 
+    def set_teacher(self, teacher: nn.Module | None, weight: float = 1.0,
+                    temperature: float = 1.0) -> None:
+        """Distillation: training adds `weight` * KL(teacher || student) on frame posteriors
+        at `temperature` (see `distillation_loss`) to the CTC loss. The teacher (e.g. the float
+        model a QAT run starts from; audio, lengths -> log-probs, lengths, like ConformerCTC)
+        is frozen, kept in eval mode and is not part of the state dict. None: no distillation."""
+        check_number("kd weight", weight, ge=0)
+        check_number("kd temperature", temperature, gt=0)
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no checkpoint
+        self._kd = {"weight": float(weight), "temperature": float(temperature)}
+
+    def on_fit_start(self) -> None:
+        teacher = self.__dict__.get("_teacher")
+        if teacher is not None:
+            teacher.to(self.device).eval()
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        # nanoGPT-style: decay matrices and conv kernels, not biases, norms or scalars.
-        params = [p for p in self.parameters() if p.requires_grad]
+        # nanoGPT-style: decay matrices and conv kernels, not biases, norms or scalars, nor
+        # learned quantization scales and zero points (QAT with qat.scales=learned).
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        qparam = lambda n: ".parametrizations." in n and n.endswith((".scale", ".zero_point"))
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if p.dim() >= 2 and not qparam(n)],
+             "weight_decay": hp.weight_decay},
+            {"params": [p for n, p in named if p.dim() < 2 or qparam(n)], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         schedule = partial(
@@ -388,6 +417,23 @@ class ASRModule(L.LightningModule):
         finally:
             self.train(was_training)
         return texts
+
+
+def distillation_loss(student_lp: Tensor, teacher_lp: Tensor, lengths: Tensor,
+                      temperature: float = 1.0) -> Tensor:
+    """Mean over valid frames of KL(p_teacher || p_student) with both posteriors softened
+    by `temperature` (log-probs (B, T, V) in; frames t < lengths[b] count), times T^2 so
+    that its gradients keep their size as T changes (Hinton et al., 2015). Zero when the
+    student's posteriors equal the teacher's."""
+    if student_lp.shape != teacher_lp.shape:
+        raise ValueError(f"distillation: student log-probs {tuple(student_lp.shape)} and "
+                         f"teacher log-probs {tuple(teacher_lp.shape)} differ in shape")
+    t = float(temperature)
+    s = F.log_softmax(student_lp / t, dim=-1)
+    p = F.log_softmax(teacher_lp / t, dim=-1)
+    kl = (p.exp() * (p - s)).sum(-1)  # (B, T)
+    mask = torch.arange(kl.shape[1], device=kl.device)[None, :] < lengths[:, None]
+    return (kl * mask).sum() / mask.sum().clamp(min=1) * t * t
 
 
 def write_predictions(path: Path, results: Sequence[UtteranceResult]) -> None:

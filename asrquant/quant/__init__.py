@@ -6,12 +6,15 @@ from .primitives import (
     choose_qparams,
     dequantize,
     fake_quantize,
+    fake_quantize_learned,
     group_layout,
     quantize,
+    quantize_with,
 )
 from .recipe import (
     CHECKPOINT_KEY,
     FakeQuantize,
+    LearnedFakeQuantize,
     QuantRecipe,
     QuantRule,
     attach_fake_quant,
@@ -23,6 +26,8 @@ from .recipe import (
     original_name,
     recipe_from_config,
     recipe_of_checkpoint,
+    scales_of_checkpoint,
+    split_learned_qparams,
 )
 from .report import ParamRow, QuantReport
 from .spec import QuantSpec, code_range, num_levels
@@ -30,6 +35,7 @@ from .spec import QuantSpec, code_range, num_levels
 __all__ = [
     "CHECKPOINT_KEY",
     "FakeQuantize",
+    "LearnedFakeQuantize",
     "GroupLayout",
     "ParamRow",
     "QuantRecipe",
@@ -47,10 +53,14 @@ __all__ = [
     "detach_fake_quant",
     "fake_quant_specs",
     "fake_quantize",
+    "fake_quantize_learned",
     "group_layout",
     "num_levels",
     "original_name",
     "quantize",
+    "quantize_with",
     "recipe_from_config",
     "recipe_of_checkpoint",
+    "scales_of_checkpoint",
+    "split_learned_qparams",
 ]

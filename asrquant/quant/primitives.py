@@ -38,6 +38,7 @@ never narrower than s. Codes and zero points then follow from that decoded scale
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -390,3 +391,86 @@ def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
         inside = from_groups(inside, layout, w.shape).to(w.dtype)
     # w_hat + 0 in value (exactly), gradient `inside` with respect to w.
     return w_hat + (w - w.detach()) * inside
+
+
+# --------------------------------------------------------------------------- learned scales
+
+def quantize_with(w: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
+                  zero_point: torch.Tensor | None) -> QuantizedTensor:
+    """Codes of `w` for given quantization parameters (rows, n_groups) (e.g. learned ones,
+    see `fake_quantize_learned`), which must be representable in `spec.scale_dtype` and, for
+    zero points, integers in [qmin, qmax]. Not for double-quantized specs (scale_bits)."""
+    if spec.scale_bits is not None:
+        raise ValueError(f"quantize_with: spec {spec.name()} has scale_bits={spec.scale_bits}; "
+                         "given scales are stored as they are (allowed: scale_bits=None)")
+    layout = group_layout(w.shape, spec)
+    x = to_groups(w, layout)
+    s = scale.detach().to(torch.float32).reshape(layout.rows, layout.n_groups, 1)
+    z = None if zero_point is None else zero_point.detach().to(torch.float32).reshape(s.shape)
+    q = quantize_groups(x, s, z, spec)
+    return QuantizedTensor(
+        codes=from_groups(q, layout, w.shape).to(_codes_dtype(spec)),
+        scale=s.squeeze(-1).to(spec.torch_scale_dtype),
+        zero_point=None if z is None else z.squeeze(-1).to(spec.torch_zero_point_dtype),
+        shape=w.shape, dtype=w.dtype, spec=spec)
+
+
+class _RoundSTE(torch.autograd.Function):
+    """round(x) forward, identity backward (exactly round(x) in value)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _StoredScaleSTE(torch.autograd.Function):
+    """A learned scale as stored (positive, rounded up to the scale dtype) forward; identity
+    backward, multiplied by LSQ's gradient scale g."""
+
+    @staticmethod
+    def forward(ctx, scale, spec, g):
+        ctx.g = g
+        return _round_scale(scale.abs(), spec)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.g, None, None
+
+
+def lsq_grad_scale(spec: QuantSpec, group_len: int) -> float:
+    """LSQ's g = 1 / sqrt(weights per scale * qmax): keeps the scale's update in step with the
+    weights' (Esser et al., 2020)."""
+    return 1.0 / math.sqrt(group_len * max(spec.qmax, 1))
+
+
+def fake_quantize_learned(w: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
+                          zero_point: torch.Tensor | None) -> torch.Tensor:
+    """LSQ / LSQ+ fake quantization with learned `scale` (and zero point) (rows, n_groups).
+
+    Value: exactly dequantize(quantize_with(w, spec, s, z)) with s the scale as stored (|s|
+    rounded up to scale_dtype) and z the zero point rounded and clamped to the grid, so the
+    packed model equals this one bit for bit. Gradients: straight through the rounding of
+    w/s (LSQ: d w^/d s = q - w/s inside the grid, qmin/qmax - z outside), to the scale times
+    `lsq_grad_scale`, to the zero point straight through its rounding.
+    """
+    if spec.scale_bits is not None:
+        raise ValueError(f"learned scales do not support spec {spec.name()} with scale_bits="
+                         f"{spec.scale_bits} (allowed: scale_bits=None)")
+    layout = group_layout(w.shape, spec)
+    x = w.reshape(layout.rows, layout.row_len).to(torch.float32)
+    if layout.pad:
+        x = torch.nn.functional.pad(x, (0, layout.pad))
+    x = x.reshape(layout.rows, layout.n_groups, layout.group_len)
+    s = _StoredScaleSTE.apply(scale.reshape(layout.rows, layout.n_groups, 1), spec,
+                              lsq_grad_scale(spec, layout.group_len))
+    q = _RoundSTE.apply(x * (1.0 / s))
+    if zero_point is None:
+        w_hat = q.clamp(spec.qmin, spec.qmax) * s
+    else:
+        z = _RoundSTE.apply(zero_point.reshape(s.shape)).clamp(spec.qmin, spec.qmax)
+        w_hat = ((q + z).clamp(spec.qmin, spec.qmax) - z) * s
+    return cast_saturating(from_groups(w_hat, layout, w.shape), w.dtype)

@@ -28,7 +28,14 @@ from torch.nn.utils import parametrize
 
 from asrquant.checks import check_keys
 
-from .primitives import fake_quantize
+from .primitives import (
+    QuantizedTensor,
+    _round_scale,
+    fake_quantize,
+    fake_quantize_learned,
+    quantize,
+    quantize_with,
+)
 from .report import QuantReport, param_row
 from .spec import QuantSpec
 
@@ -167,6 +174,59 @@ class FakeQuantize(nn.Module):
         return self.spec.describe()
 
 
+class LearnedFakeQuantize(FakeQuantize):
+    """Parametrization with learned quantization parameters (LSQ / LSQ+): `scale` and, if
+    asymmetric, `zero_point` (rows, n_groups) are nn.Parameters trained with the weights
+    (see `fake_quantize_learned`), initialised from a quantized tensor (RTN, mse or GPTQ)."""
+
+    def __init__(self, spec: QuantSpec, init: QuantizedTensor):
+        super().__init__(spec)
+        if spec.scale_bits is not None:
+            raise ValueError(f"qat.scales=learned does not support {spec.name()} (scale_bits="
+                             f"{spec.scale_bits}); allowed: recipes without scale_bits")
+        self.scale = nn.Parameter(init.float_scale().clone())
+        zp = init.zero_point
+        self.zero_point = None if zp is None else nn.Parameter(zp.to(torch.float32).clone())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_learned(w, self.spec, self.scale, self.zero_point)
+
+    def quantized(self, w: torch.Tensor) -> QuantizedTensor:
+        """The codes and stored qparams this parametrization gives `w` (what export packs)."""
+        return learned_quantized(w, self.spec, self.scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.describe()}, learned scales"
+
+
+def learned_quantized(w: torch.Tensor, spec: QuantSpec, scale: torch.Tensor,
+                      zero_point: torch.Tensor | None) -> QuantizedTensor:
+    """Codes of `w` under learned qparams, stored as `fake_quantize_learned` uses them."""
+    with torch.no_grad():
+        s = _round_scale(scale.detach().abs().to(torch.float32), spec)
+        z = None if zero_point is None else torch.round(zero_point.detach()).clamp(spec.qmin,
+                                                                                   spec.qmax)
+        return quantize_with(w.detach(), spec, s, z)
+
+
+SCALE_MODES = ("dynamic", "learned")
+_LEARNED = re.compile(r"(.*)\.parametrizations\.([^.]+)\.0\.(scale|zero_point)$")
+
+
+def split_learned_qparams(state_dict: dict) -> tuple[dict, dict[str, dict]]:
+    """(the rest, {parameter name: {"scale", "zero_point"}}) of a state dict with learned
+    quantization parameters (LearnedFakeQuantize's tensors)."""
+    rest, learned = {}, {}
+    for k, v in state_dict.items():
+        m = _LEARNED.fullmatch(k)
+        if m:
+            name = f"{m.group(1)}.{m.group(2)}"
+            learned.setdefault(name, {"zero_point": None})[m.group(3)] = v
+        else:
+            rest[k] = v
+    return rest, learned
+
+
 def _split(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     mod_name, _, pname = name.rpartition(".")
     return (model.get_submodule(mod_name) if mod_name else model), pname
@@ -210,6 +270,8 @@ def attach_fake_quant(
     recipe: QuantRecipe,
     strict: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    scales: str = "dynamic",
+    init: dict[str, QuantizedTensor] | None = None,
 ) -> QuantReport:
     """Swap in fake-quantized weights via torch.nn.utils.parametrize; returns the size report.
 
@@ -218,13 +280,25 @@ def attach_fake_quant(
     access, so training updates the float weights through the straight-through estimator.
     Wrap inference in `torch.nn.utils.parametrize.cached()` to quantize once per forward.
     `progress` may wrap the list of parameters (e.g. tqdm) to show progress.
+
+    scales: "dynamic" (scales recomputed from the weight on every call, gradient straight
+    through) or "learned" (LSQ: trainable scales and zero points, LearnedFakeQuantize),
+    initialised from `init[name]` (e.g. the codes calibration PTQ chose) or else from
+    round-to-nearest of the weight.
     """
+    if scales not in SCALE_MODES:
+        raise ValueError(f"scales={scales!r} is invalid; allowed: {list(SCALE_MODES)}")
     plan = recipe.plan(model, strict=strict)
     report = build_report(model, plan, recipe.name)
     items = list(plan.items())
     for name, spec in progress(items) if progress else items:
         module, pname = _split(model, name)
-        parametrize.register_parametrization(module, pname, FakeQuantize(spec), unsafe=True)
+        if scales == "learned":
+            start = (init or {}).get(name) or quantize(getattr(module, pname).detach(), spec)
+            fq = LearnedFakeQuantize(spec, start)
+        else:
+            fq = FakeQuantize(spec)
+        parametrize.register_parametrization(module, pname, fq, unsafe=True)
     return report
 
 
@@ -326,6 +400,11 @@ def canonical_name(spec: QuantSpec | None) -> str:
 
 
 CHECKPOINT_KEY = "asrquant_quantization"  # where a Trainer checkpoint keeps its recipe
+
+
+def scales_of_checkpoint(checkpoint: dict) -> str:
+    """How a QAT checkpoint's scales were trained ("dynamic" unless it says "learned")."""
+    return (checkpoint.get(CHECKPOINT_KEY) or {}).get("scales", "dynamic")
 
 
 def recipe_of_checkpoint(checkpoint: dict) -> QuantRecipe | None:

@@ -27,6 +27,7 @@ from asrquant.quant import (
     recipe_from_config,
 )
 from asrquant.quant.calibrate import METHODS, CalibrationConfig
+from asrquant.quant.recipe import SCALE_MODES
 
 
 def plain(cfg) -> Any:
@@ -129,6 +130,29 @@ def method_label(cfg: dict) -> str:
     """What chose the codes, for results.json `method` and the tables' labels: 'rtn', or a
     calibration method ('gptq', ...)."""
     return (cfg.get("quant") or {}).get("method") or "rtn"
+
+
+def qat_settings(cfg: dict) -> dict:
+    """`qat.*` of a config, checked: scales (dynamic | learned), kd_weight >= 0,
+    kd_temperature > 0."""
+    qat = dict(cfg.get("qat") or {})
+    check_keys("qat", qat, ("scales", "kd_weight", "kd_temperature"))
+    out = {"scales": qat.get("scales", "dynamic"), "kd_weight": qat.get("kd_weight", 0.0),
+           "kd_temperature": qat.get("kd_temperature", 1.0)}
+    check_choice("qat.scales", out["scales"], SCALE_MODES)
+    check_number("qat.kd_weight", out["kd_weight"], ge=0)
+    check_number("qat.kd_temperature", out["kd_temperature"], gt=0)
+    return out
+
+
+def qat_label(cfg: dict) -> str:
+    """What a QAT run added to plain QAT, for results.json `method` and the tables:
+    '<method> init' when it starts from calibration PTQ, 'kd' (distillation), 'lsq' (learned
+    scales), joined by '+'; 'rtn' for plain QAT."""
+    qat = qat_settings(cfg)
+    parts = [] if method_label(cfg) == "rtn" else [method_label(cfg)]
+    parts += ["kd"] * (qat["kd_weight"] > 0) + ["lsq"] * (qat["scales"] == "learned")
+    return "+".join(parts) or "rtn"
 
 
 def size_report(module: nn.Module, recipe: QuantRecipe | None) -> QuantReport:

@@ -26,7 +26,16 @@ from asrquant.runs.blocks import (
     names_of_test_sets,
     optim_kwargs,
 )
-from asrquant.runs.common import finish_run, recipe_of, size_fields, size_report, start_run
+from asrquant.runs.common import (
+    calibration_of,
+    finish_run,
+    qat_label,
+    qat_settings,
+    recipe_of,
+    size_fields,
+    size_report,
+    start_run,
+)
 from asrquant.runs.speakers import add_per_speaker
 
 
@@ -69,8 +78,21 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
         check_resumable(resumed, module, last)
         del resumed
 
+    qat = qat_settings(cfg)
+    if qat["kd_weight"] > 0:
+        if recipe is None or not cfg.get("init_from"):
+            raise ValueError(f"qat.kd_weight={qat['kd_weight']} needs QAT from a float "
+                             "checkpoint (a quant recipe and init_from=...): the float model "
+                             "is the teacher")
+        teacher = module_from_checkpoint(load_checkpoint(cfg["init_from"])).model
+        module.set_teacher(teacher, qat["kd_weight"], qat["kd_temperature"])
     strict = bool(cfg.get("quant_strict"))  # the recipe may be the checkpoint's own
-    callbacks = [QuantizationCallback(recipe, mode="qat", strict=strict)] if recipe else []
+    callbacks = []
+    if recipe:
+        calibration = calibration_of(cfg)
+        callbacks = [QuantizationCallback(
+            recipe, mode="qat", strict=strict, scales=qat["scales"], calibration=calibration,
+            num_calibration=int((cfg.get("calib") or {}).get("num_utterances", 128)))]
     datamodule = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("policy", "skip"))
     trainer = make_trainer(cfg, run_dir, callbacks)
     resume = str(last) if last.is_file() and cfg.get("resume", True) else None
@@ -100,5 +122,8 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
                            if n in module.last_results}
         add_per_speaker(results["test"], predictions, sources)
     results.update(size_fields(size_report(module, recipe), recipe))
+    if recipe:
+        results["method"] = qat_label(cfg)
+        results["qat"] = qat
     results["bad_data"] = datamodule.bad_data_summary()
     return finish_run(run, results)

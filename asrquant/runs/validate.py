@@ -32,6 +32,7 @@ from asrquant.runs.common import (
     check_files,
     check_threads,
     plain,
+    qat_settings,
     recipe_of,
     require_ckpt,
 )
@@ -43,6 +44,8 @@ def validate_config(cfg, kind: str):
     original, cfg = cfg, plain(cfg)
     recipe = recipe_of(cfg)  # QuantSpec / recipe validation
     calibration_of(cfg)  # quant.method and calib.*
+    if kind == "train":
+        qat_settings(cfg)
     data = cfg.get("data") or {}
     data_kind(data)
     dev_split_of(data)
