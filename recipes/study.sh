@@ -10,7 +10,15 @@
 #      uniform 4-bit g128, and PTQ of the two chosen recipes;
 #   5. the packed QAT 2-bit file decoded again: its WER must equal the fake-quant run's;
 #   6. peers (torchao, HQQ, optimum-quanto) on the same float model and test split;
-#   7. the report: results.md (study table, findings, all runs), CSVs, plots, exports.md.
+#   7. the report: results.md (study table, findings, all runs), CSVs, plots, exports.md;
+#      it runs last, after:
+#   8. calibration PTQ (issue 12): GPTQ, output-aware clip (awq_clip) and both, at int2 asym
+#      and sym g32, int2 asym g32 with double-quantized scales (int2_asym_g32_dq), int3 asym
+#      g64 and int4 asym g128 (so that the 4-bit reference may use GPTQ too);
+#   9. the QAT ablation at 2 bits, same steps as the control of stage 3: QAT from GPTQ,
+#      distillation from the float model (kd), learned scales (lsq), one at a time and all
+#      together, plus all together for int2 sym g32 (ternary) and int2_asym_g32_dq (gptq+kd).
+#      An interrupted study resumes with FROM=8 (stages 8, 9 and the report).
 #
 # Environment:
 #   CORPUS   synthetic (default; the built-in eSpeak corpus) | fsdd (needs DATA_DIR, made by
@@ -23,6 +31,8 @@
 #   OUT (default runs/<corpus>_study[_main|_quick]), DOCS (where the report goes; default
 #   docs/results/<corpus> for full, OUT/report otherwise), THREADS (default 2),
 #   FROM (first stage to run, default 1; an interrupted study resumes with FROM=n CKPT=...)
+#   CALIB    stages 8-9: full (default in MODE=full) | smoke (MODE=quick: one run of each) |
+#            empty (MODE=main: skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -54,12 +64,13 @@ TRAIN=()
 case $MODE in
   full)  BITS=8,4,3,2; GROUP_SIZES=256,128,64,32; CLIPS=none,mse; QAT_EPOCHS=4
          QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=${PEERS-1}
+         CALIB=${CALIB-full}
          OUT=${OUT:-runs/${CORPUS}_study}; DOCS=${DOCS:-docs/results/$CORPUS} ;;
   main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=1
-         QAT=float,int2_asym_g32; SEARCH=; PEERS=${PEERS-}
+         QAT=float,int2_asym_g32; SEARCH=; PEERS=${PEERS-}; CALIB=${CALIB-}
          OUT=${OUT:-runs/${CORPUS}_study_main}; DOCS=${DOCS:-$OUT/report} ;;
   quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none,mse; QAT_EPOCHS=1
-         QAT=float,int2_asym_g32; SEARCH=1; PEERS=${PEERS-}
+         QAT=float,int2_asym_g32; SEARCH=1; PEERS=${PEERS-}; CALIB=${CALIB-smoke}
          OUT=${OUT:-runs/${CORPUS}_study_quick}; DOCS=${DOCS:-$OUT/report}
          if [[ $CORPUS == synthetic ]]; then
            SEARCH_DATA=(data.synthetic.n_train=200 data.synthetic.n_dev=40 data.synthetic.n_test=40
@@ -163,6 +174,50 @@ if [[ $FROM -le 6 && -n "$PEERS" ]]; then
   $BIN/python bench/peers.py --model "$FLOAT_FILE" --out "$OUT/peers" --threads "$THREADS" \
     "${DATA[@]//\'/}"
   cp "$OUT/peers/peers.md" "$OUT/peers/peers.json" "$DOCS/"
+fi
+
+if [[ $FROM -le 8 && $CALIB == smoke ]]; then  # quick mode: one run of each new stage
+  stage "8. calibration PTQ (smoke: int2 asym g32 gptq)"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true quant=int2_asym_g32 \
+    quant.method=gptq calib.num_utterances=16 "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib"
+  check_stage "$OUT/ptq_calib"
+  stage "9. QAT ablation (smoke: gptq+kd+lsq)"
+  $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
+    ${TRAIN[@]+"${TRAIN[@]}"} quant=int2_asym_g32 quant.method=gptq qat.kd_weight=1.0 \
+    qat.scales=learned calib.num_utterances=16 "${SUB[@]}" hydra.sweep.dir="$OUT/qat_ablation/all"
+  check_stage "$OUT/qat_ablation/all"
+fi
+
+if [[ $FROM -le 8 && $CALIB == full ]]; then
+  stage "8. calibration PTQ: GPTQ, output-aware clip, double-quantized scales"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=int2_asym_g32,int2_sym_g32,int2_asym_g32_dq quant.method=gptq,awq_clip,gptq_awq_clip \
+    "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=int2_asym_g32_dq quant.method=rtn "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_rtn"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=int4_asym_g128 quant.bits=3 quant.group_size=64 quant.method=rtn,gptq \
+    "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_int3"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=int4_asym_g128 quant.method=gptq "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_int4"
+  for d in ptq_calib ptq_calib_rtn ptq_calib_int3 ptq_calib_int4; do check_stage "$OUT/$d"; done
+fi
+
+if [[ $FROM -le 9 && $CALIB == full ]]; then
+  stage "9. QAT ablation at 2 bits: init from GPTQ, distillation, learned scales"
+  ablation() {  # NAME, then overrides of one QAT run (same steps as the stage-3 control)
+    local name=$1; shift
+    $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
+      trainer.max_epochs=$QAT_EPOCHS "$@" "${SUB[@]}" hydra.sweep.dir="$OUT/qat_ablation/$name"
+    check_stage "$OUT/qat_ablation/$name"
+  }
+  ALL=(quant.method=gptq qat.kd_weight=1.0 qat.scales=learned)
+  ablation all quant=int2_asym_g32 "${ALL[@]}"
+  ablation gptq_init quant=int2_asym_g32 quant.method=gptq
+  ablation kd quant=int2_asym_g32 qat.kd_weight=1.0
+  ablation lsq quant=int2_asym_g32 qat.scales=learned
+  ablation sym_all quant=int2_sym_g32 "${ALL[@]}"
+  ablation dq_gptq_kd quant=int2_asym_g32_dq quant.method=gptq qat.kd_weight=1.0
 fi
 
 stage "7. report"

@@ -315,3 +315,10 @@ def learning_curve(run_dir: Path) -> list[dict]:
         if e["train_loss"] is not None or "dev_wer" in e:
             out.append(e)
     return out
+
+
+def dev_words_of(runs: list[dict]) -> int | None:
+    """Words of the dev split the runs were scored on (the noise of dev WERs); None if no
+    run scored it."""
+    return next((int(r["dev"]["words"]) for r in runs if isinstance(r.get("dev"), dict)
+                 and r["dev"].get("words")), None)

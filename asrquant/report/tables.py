@@ -11,7 +11,7 @@ from pathlib import Path
 from asrquant.io import atomic_write_text
 
 from .findings import finding_items
-from .runs import pareto_front, study_rows, without_paths
+from .runs import dev_words_of, pareto_front, study_rows, without_paths
 
 COLUMNS = ["run", "mode", "recipe", "bits", "sym", "granularity", "group", "clip", "size_mb",
            "vs_float", "vs_4bit", "eff_bits", "wer", "cer", "rel_wer_change", "words", "dev_wer"]
@@ -129,7 +129,7 @@ def compare_markdown(studies: dict[str, list[dict]], test_set: str = "test") -> 
         rows, base, best4 = study_rows(runs, test_set)
         words = next((r["test"][test_set].get("words", 0) for r in runs
                       if r.get("status") == "ok" and test_set in (r.get("test") or {})), 0)
-        per[name] = (dict(finding_items(rows, base, best4, words)), words)
+        per[name] = (dict(finding_items(rows, base, best4, words, dev_words_of(runs))), words)
     claims = list(dict.fromkeys(c for items, _ in per.values() for c in items))
     names = list(per)
     lines = ["| claim | " + " | ".join(f"{n} ({per[n][1]} test words)" for n in names) + " |",

@@ -9,7 +9,7 @@ from asrquant.io import atomic_write_text
 
 from .findings import findings
 from .plots import curve_figure, plot, plot_group_size, save_png, study_points
-from .runs import build_rows, learning_curve, study_rows
+from .runs import build_rows, dev_words_of, learning_curve, study_rows
 from .tables import (
     curve_markdown,
     export_table,
@@ -44,7 +44,8 @@ def write_report(runs: list[dict], out: Path, test_set: str = "test",
     if study:
         md = (f"# {title}\n\n## Recipes\n\n"
               + study_markdown(study, best4_study, test_set, words)
-              + "\n## Findings\n\n" + findings(study, base, best4_study, words)
+              + "\n## Findings\n\n" + findings(study, base, best4_study, words,
+                                                  dev_words_of(runs))
               + "\n## All runs\n\n" + md)
         written.markdown = md
         write_study_csv(out / "study.csv", study)
