@@ -33,6 +33,9 @@
 #   FROM (first stage to run, default 1; an interrupted study resumes with FROM=n CKPT=...)
 #   CALIB    stages 8-9: full (default in MODE=full) | smoke (MODE=quick: one run of each) |
 #            empty (MODE=main: skipped)
+#   ABLATION the QAT runs of stage 9 (default: all gptq_init kd lsq sym_all dq_gptq_kd)
+#   QAT, SEARCH (MODE=full) the QAT recipes of stage 3 and whether stage 4 runs (empty: no);
+#   QAT_EPOCHS (MODE=main, default 1) epochs of stages 3 and 9
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -63,10 +66,11 @@ SUB=('hydra.sweep.subdir=${hydra.job.num}')
 TRAIN=()
 case $MODE in
   full)  BITS=8,4,3,2; GROUP_SIZES=256,128,64,32; CLIPS=none,mse; QAT_EPOCHS=4
-         QAT=float,int4_asym_g128,int2_asym_g32,int2_sym_g32; SEARCH=1; PEERS=${PEERS-1}
+         QAT=${QAT-float,int4_asym_g128,int2_asym_g32,int2_sym_g32}; SEARCH=${SEARCH-1}
+         PEERS=${PEERS-1}
          CALIB=${CALIB-full}
          OUT=${OUT:-runs/${CORPUS}_study}; DOCS=${DOCS:-docs/results/$CORPUS} ;;
-  main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=1
+  main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=${QAT_EPOCHS-1}
          QAT=float,int2_asym_g32; SEARCH=; PEERS=${PEERS-}; CALIB=${CALIB-}
          OUT=${OUT:-runs/${CORPUS}_study_main}; DOCS=${DOCS:-$OUT/report} ;;
   quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none,mse; QAT_EPOCHS=1
@@ -80,6 +84,7 @@ case $MODE in
          TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2) ;;
   *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
 esac
+ABLATION=${ABLATION-all gptq_init kd lsq sym_all dq_gptq_kd}
 mkdir -p "$OUT"
 started=$SECONDS
 # Each stage's wall time is printed when it ends and written, with the machine, to
@@ -212,12 +217,18 @@ if [[ $FROM -le 9 && $CALIB == full ]]; then
     check_stage "$OUT/qat_ablation/$name"
   }
   ALL=(quant.method=gptq qat.kd_weight=1.0 qat.scales=learned)
-  ablation all quant=int2_asym_g32 "${ALL[@]}"
-  ablation gptq_init quant=int2_asym_g32 quant.method=gptq
-  ablation kd quant=int2_asym_g32 qat.kd_weight=1.0
-  ablation lsq quant=int2_asym_g32 qat.scales=learned
-  ablation sym_all quant=int2_sym_g32 "${ALL[@]}"
-  ablation dq_gptq_kd quant=int2_asym_g32_dq quant.method=gptq qat.kd_weight=1.0
+  for name in $ABLATION; do
+    case $name in
+      all) ablation all quant=int2_asym_g32 "${ALL[@]}" ;;
+      gptq_init) ablation gptq_init quant=int2_asym_g32 quant.method=gptq ;;
+      kd) ablation kd quant=int2_asym_g32 qat.kd_weight=1.0 ;;
+      lsq) ablation lsq quant=int2_asym_g32 qat.scales=learned ;;
+      sym_all) ablation sym_all quant=int2_sym_g32 "${ALL[@]}" ;;
+      dq_gptq_kd) ablation dq_gptq_kd quant=int2_asym_g32_dq quant.method=gptq qat.kd_weight=1.0 ;;
+      *) echo "ABLATION member $name is invalid; allowed: all gptq_init kd lsq sym_all dq_gptq_kd"
+         exit 2 ;;
+    esac
+  done
 fi
 
 stage "7. report"
