@@ -218,3 +218,31 @@ def test_set_teacher_keeps_the_teacher_out_of_the_state_dict_and_optimizer():
     assert not any(p.requires_grad for p in teacher.parameters())
     with pytest.raises(ValueError, match="kd temperature"):
         module.set_teacher(teacher, temperature=0)
+
+
+def test_the_teacher_sees_the_students_augmented_features():
+    from asrquant.data.tokenizer import CharTokenizer
+    from asrquant.lightning.module import ASRModule
+    tok = CharTokenizer()
+    cfg = {"vocab_size": tok.vocab_size, "d_model": 16, "num_layers": 1, "num_heads": 2,
+           "ffn_dim": 32, "conv_kernel_size": 3, "n_mels": 16, "freq_mask_width": 8,
+           "time_mask_width": 5}
+    torch.manual_seed(0)
+    module = ASRModule(cfg, tok)
+    teacher = copy.deepcopy(module.model)
+    module.set_teacher(teacher, weight=1.0)
+    seen = {}
+    for who, model in (("student", module.model), ("teacher", teacher)):
+        orig = model.forward_features
+        model.forward_features = (lambda f, n, _o=orig, _w=who:
+                                  (seen.__setitem__(_w, f.clone()), _o(f, n))[1])
+    module.log = lambda *a, **k: None
+    module.trainer = type("T", (), {"optimizers": [torch.optim.SGD(module.parameters(), 0.1)]})()
+    module.train()
+    batch = {"audio": torch.randn(2, 8000), "audio_lens": torch.tensor([8000, 6000]),
+             "targets": torch.tensor([[3, 4], [5, 0]]), "target_lens": torch.tensor([2, 1])}
+    module.training_step(batch, 0)
+    module.model.eval()
+    clean, _ = module.model.compute_features(batch["audio"], batch["audio_lens"])
+    assert torch.equal(seen["teacher"], seen["student"])
+    assert not torch.equal(seen["student"], clean)  # SpecAugment masked some of them

@@ -203,15 +203,19 @@ class ASRModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch["audio"].size(0) == 0:  # the collate drops unreadable items; all may fail
             return None  # Lightning skips the optimizer step
-        log_probs, out_lens = self.model(batch["audio"], batch["audio_lens"])
+        teacher = self.__dict__.get("_teacher")
+        if teacher is None:
+            log_probs, out_lens = self.model(batch["audio"], batch["audio_lens"])
+        else:  # one set of (augmented) features for both: the teacher sees what the student saw
+            feats, feat_lens = self.model.compute_features(batch["audio"], batch["audio_lens"])
+            log_probs, out_lens = self.model.forward_features(feats, feat_lens)
         loss = self.ctc_loss_per_utterance(
             log_probs, out_lens, batch["targets"], batch["target_lens"]
         ).mean()
         batch_size = batch["audio"].size(0)
-        teacher = self.__dict__.get("_teacher")
         if teacher is not None:
             with torch.no_grad():
-                teacher_lp, teacher_lens = teacher(batch["audio"], batch["audio_lens"])
+                teacher_lp, _ = teacher.forward_features(feats, feat_lens)
             kd = distillation_loss(log_probs, teacher_lp, out_lens, self._kd["temperature"])
             self.log("train/ctc", loss, batch_size=batch_size)
             self.log("train/kd", kd, batch_size=batch_size)
@@ -225,11 +229,15 @@ class ASRModule(L.LightningModule):
                     temperature: float = 1.0) -> None:
         """Distillation: training adds `weight` * KL(teacher || student) on frame posteriors
         at `temperature` (see `distillation_loss`) to the CTC loss. The teacher (e.g. the float
-        model a QAT run starts from; audio, lengths -> log-probs, lengths, like ConformerCTC)
-        is frozen, kept in eval mode and is not part of the state dict. None: no distillation."""
+        ConformerCTC a QAT run starts from) takes the student's features, SpecAugment
+        included (`forward_features`), so the two see the same input; it is frozen, kept in
+        eval mode (no dropout) and is not part of the state dict. None: no distillation."""
         check_number("kd weight", weight, ge=0)
         check_number("kd temperature", temperature, gt=0)
         if teacher is not None:
+            if not callable(getattr(teacher, "forward_features", None)):
+                raise ValueError(f"teacher {type(teacher).__name__} has no forward_features("
+                                 "feats, feat_lens); allowed: a ConformerCTC")
             teacher.eval().requires_grad_(False)
         self.__dict__["_teacher"] = teacher  # not a submodule: no optimizer, no checkpoint
         self._kd = {"weight": float(weight), "temperature": float(temperature)}

@@ -258,6 +258,11 @@ class ConformerCTC(nn.Module):
         float32 and output lengths (B,); T' = max output length. Frames beyond a length are
         padding and carry no meaning."""
         feats, feat_lens = self.compute_features(audio, audio_lens)
+        return self.forward_features(feats, feat_lens)
+
+    def forward_features(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` from (B, T, n_mels) normalised (and, in training, augmented) features:
+        distillation gives the teacher the very features the student saw."""
         encoded, out_lens = self.encode_features(feats, feat_lens)
         logits = self.ctc_head(encoded)
         return torch.log_softmax(logits.float(), dim=-1), out_lens
