@@ -276,3 +276,24 @@ def test_callback_ptq_with_gptq_calibrates_on_the_given_batches_then_restores(tm
     assert torch.equal(module.net.head.weight, float_head)  # restored after testing
     assert cb.report.num_quantized == sum(p.numel() for n, p in module.named_parameters()
                                           if n in cb.chosen)
+
+
+def test_calib_bench_reports_the_largest_stage_hessians_exactly(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "calib_bench.py"
+    spec = importlib.util.spec_from_file_location("calib_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--size", "cpu", "--utterances", "2", "--seconds", "1", "--threads", "1"])
+    out = json.loads(capsys.readouterr().out)
+    # cpu size (d=144, ffn 576, kernel 15, 64 subsampling channels), float64 sums: a
+    # Conformer layer holds per ffn 144^2 + 576^2, in_proj and out_proj 144^2 each, the
+    # pointwise convs 144^2 each, the depthwise conv 144 x 15^2; the subsampling Linear
+    # alone (64 channels x 19 mel bins = 1216 inputs) holds more
+    layer = 2 * (144**2 + 576**2) + 2 * 144**2 + 2 * 144**2 + 144 * 15**2
+    assert 1216**2 > layer
+    assert out["max_stage_hessian_mb"] == pytest.approx(8 * 1216**2 / 1e6)
+    assert out["stages"] == 4 + 4  # 2 convs, the subsampling Linear, 4 layers, the head
+    assert out["peak_rss_after_calibration_mb"] >= out["peak_rss_after_build_mb"] > 0
