@@ -67,17 +67,24 @@ def group_hessians(h: torch.Tensor, shape, spec: QuantSpec) -> torch.Tensor:
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, batched over leading dims."""
-    n = h.shape[-1]
-    diag = h.diagonal(dim1=-2, dim2=-1)
-    eye = torch.eye(n, dtype=h.dtype)
-    h = h + (damp * diag.mean(dim=-1, keepdim=True)).unsqueeze(-1) * eye
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, batched over leading dims.
+    Dampening is added on the diagonal in place (no identity matrix is built); at most two
+    n x n float64 matrices are alive at once (the L size's largest input, 9728 wide, makes
+    each 757 MB)."""
+    mean = h.diagonal(dim1=-2, dim2=-1).mean(dim=-1, keepdim=True)
+    h = h.clone()
+    h.diagonal(dim1=-2, dim2=-1).add_(damp * mean)
     for extra in (0.0, 1e-2, 1e-1, 1.0):  # more damping if H is numerically not positive
-        hd = h + extra * diag.mean(dim=-1, keepdim=True).clamp(min=1e-8).unsqueeze(-1) * eye
-        chol, info = torch.linalg.cholesky_ex(hd.double())
+        hd = h.double()
+        if extra:
+            hd.diagonal(dim1=-2, dim2=-1).add_((extra * mean.clamp(min=1e-8)).double())
+        chol, info = torch.linalg.cholesky_ex(hd)
+        del hd
         if not bool(info.any()):
             hinv = torch.cholesky_inverse(chol)
+            del chol
             u, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            del hinv
             if not bool(info.any()):
                 return u.to(torch.float32)
     raise ValueError("GPTQ: the Hessian is not positive definite even with damping 1.0; "
