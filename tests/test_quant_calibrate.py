@@ -297,3 +297,27 @@ def test_calib_bench_reports_the_largest_stage_hessians_exactly(capsys):
     assert out["max_stage_hessian_mb"] == pytest.approx(8 * 1216**2 / 1e6)
     assert out["stages"] == 4 + 4  # 2 convs, the subsampling Linear, 4 layers, the head
     assert out["peak_rss_after_calibration_mb"] >= out["peak_rss_after_build_mb"] > 0
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("eval", "quant.method=optq", r"quant.method='optq'.*gptq"),
+    ("eval", "calib.damp=-1", r"calib.damp=-1"),
+    ("eval", "calib.num_utterances=0", r"calib.num_utterances=0"),
+    ("train", "qat.scales=lsq", r"qat.scales='lsq'.*learned"),
+    ("train", "qat.kd_weight=-0.5", r"qat.kd_weight=-0.5"),
+    ("train", "qat.kd_temperature=0", r"qat.kd_temperature=0"),
+])
+def test_bad_calibration_and_qat_settings_fail_validation_naming_the_key(cfg_of, command,
+                                                                         override, message):
+    from asrquant.runs import validate_config
+    extra = ["ckpt=/nonexistent.ckpt"] if command == "eval" else []
+    cfg = cfg_of(command, ["quant=int2_asym_g32", override, *extra])
+    with pytest.raises(ValueError, match=message):
+        validate_config(cfg, command)
+
+
+def test_good_calibration_and_qat_settings_validate(cfg_of):
+    from asrquant.runs import validate_config
+    cfg = cfg_of("train", ["quant=int2_asym_g32", "quant.method=gptq_awq_clip",
+                           "qat.scales=learned", "qat.kd_weight=1.0", "calib.act_order=false"])
+    validate_config(cfg, "train")
