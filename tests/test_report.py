@@ -395,3 +395,16 @@ def test_calibration_and_qat_ingredients_get_their_own_rows_and_findings(tmp_pat
     line = next(x for x in md.splitlines() if "at least 40% smaller" in x)
     assert "holds here" in line and "int2 asym g32 gptq+kd (QAT), 48.3% smaller" in line
     assert "**2-bit QAT ingredients**" in md and "int2 asym g32 gptq+kd+lsq 9.20% (1.02x)" in md
+
+
+def test_the_40_percent_target_names_file_and_parameter_bytes_when_they_disagree(tmp_path):
+    root = study_sweep(tmp_path)
+    dq = with_method(result("ptq", "a32dq", 2, 0.62, 0.10, dev=0.12), "gptq")
+    dq["file_bytes"] = 750_000  # header and buffers: 37.5% below the 4-bit 1.2 MB file
+    (root / "dq").mkdir()
+    (root / "dq" / "results.json").write_text(json.dumps(dq))
+    main([str(root)])
+    line = next(x for x in (root / "results.md").read_text().splitlines()
+                if "at least 40% smaller" in x)
+    assert "holds by parameter bytes, not by file bytes" in line
+    assert "37.5% smaller" in line and "by parameter bytes" in line and "48.3% smaller" in line

@@ -262,6 +262,7 @@ def study_rows(runs: list[dict], test_set: str):
         nbytes, from_file = _run_bytes(r)
         if from_file or "size_bytes" not in row:
             row["size_bytes"], row["from_file"] = nbytes, from_file
+        row["param_bytes"] = int(r["size_bytes"])  # parameters only (the paper's model size)
     rows = [r for r in by_label.values() if "size_bytes" in r]
     for r in rows:
         r["size_mb"] = r["size_bytes"] / 1e6
