@@ -10,7 +10,7 @@ Trailing arguments are Hydra overrides of conf/eval.yaml that select the test da
 the built-in synthetic corpus with its default size and seed, i.e. the split the shipped
 synthetic model was scored on).
 
-Rows (all post-training, no calibration data, no fine-tuning):
+Rows (all post-training, no fine-tuning; only the asrquant gptq rows see data):
   - float: the model as loaded.
   - torchao `quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int2/int4,
     granularity=PerGroup(32|128) or PerAxis(0), mapping_type=ASYMMETRIC,
@@ -23,6 +23,12 @@ Rows (all post-training, no calibration data, no fine-tuning):
   - asrquant like-for-like: our quantizer with the same bits, group size, asymmetric grid and
     float16 scales on exactly the layers that peer row quantized (QuantRule per weight), with
     clip=none (min-max, as the peers) and, for 2 bits, clip=mse.
+  - asrquant gptq, next to each like-for-like row on HQQ's layers (HQQ optimises its
+    rounding too, without data): the same recipe (layers, bits, group, float16 scales,
+    size), codes picked by GPTQ (asrquant.quant.calibrate, conf/eval.yaml's calib defaults)
+    on `--calib-utterances` utterances of the data config's TRAIN split (the seeded subset
+    without augmentation that asrquant-eval quant.method=gptq calibrates on; the dev split
+    carved out as training made it). The peers use no data.
   - asrquant recipes: conf/quant/*.yaml as shipped (all Linear, Conv and attention weights).
   Every asrquant row is measured on its packed export (asrquant.export_packed, kept in
   <out>/packed/), loaded back with asrquant.load_quantized: WER decoded from that model,
@@ -66,6 +72,7 @@ from asrquant.quant import (
     build_report,
     recipe_from_config,
 )
+from asrquant.quant.calibrate import CalibrationConfig, calibrate_quantize
 from asrquant.quant.packed import PackedWeight
 
 OUR_RECIPES = ("int4_asym_g128", "int2_asym_g32", "int2_asym_g32_mse", "mixed_attn4_rest2")
@@ -73,17 +80,23 @@ OUR_RECIPES = ("int4_asym_g128", "int2_asym_g32", "int2_asym_g32_mse", "mixed_at
 
 # ------------------------------------------------------------------------------ data / eval
 
-def test_batches(overrides: list[str], tokenizer, max_utts: int | None = None) -> dict:
-    """{test set name: [batch, ...]} from conf/eval.yaml + overrides, as asrquant-eval
-    builds them (same readers, validation, batching)."""
+def eval_config(overrides: list[str]) -> dict:
+    """conf/eval.yaml + overrides, as asrquant-eval composes it."""
     from hydra import compose, initialize_config_dir
 
     from asrquant.cli.common import CONF_DIR
-    from asrquant.runs.blocks import build_datamodule, data_sources
     from asrquant.runs.common import plain
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = plain(compose(config_name="eval", overrides=list(overrides)))
+        return plain(compose(config_name="eval", overrides=list(overrides)))
+
+
+def test_batches(overrides: list[str], tokenizer, max_utts: int | None = None) -> dict:
+    """{test set name: [batch, ...]} from conf/eval.yaml + overrides, as asrquant-eval
+    builds them (same readers, validation, batching)."""
+    from asrquant.runs.blocks import build_datamodule, data_sources
+
+    cfg = eval_config(overrides)
     sources = data_sources({**cfg["data"], "dev_fraction": 0.0})
     if max_utts:
         from asrquant.data.readers import read_utterances
@@ -97,6 +110,18 @@ def test_batches(overrides: list[str], tokenizer, max_utts: int | None = None) -
     loaders = dm.test_dataloader()
     loaders = loaders if isinstance(loaders, list) else [loaders]
     return {name: list(loader) for name, loader in zip(dm.test_names, loaders, strict=True)}
+
+
+def calibration_batches(overrides: list[str], tokenizer, num_utterances: int) -> list:
+    """Batches of `num_utterances` TRAIN utterances of the same data config (never test):
+    the seeded subset, without augmentation, that asrquant-eval quant.method=gptq calibrates
+    on (ASRDataModule.calibration_dataloader; the dev split carved out as training made it)."""
+    from asrquant.runs.blocks import build_datamodule, data_sources
+
+    cfg = eval_config(overrides)
+    sources = data_sources(cfg["data"])
+    dm = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("eval_policy", "error"))
+    return list(dm.calibration_dataloader(num_utterances))
 
 
 @torch.no_grad()
@@ -174,10 +199,16 @@ def torchao_quantize(module, bits: int, group: int | None) -> dict:
     return {"layers": names, "size_bytes": ideal + rest, "held_bytes": held + rest}
 
 
+def hqq_layers(module, group: int) -> list[str]:
+    """The Linear layers HQQ quantizes: it groups the flattened weight, so any whose size
+    the group divides."""
+    return [n for n in linear_layers(module) if _get(module, n).weight.numel() % group == 0]
+
+
 def hqq_quantize(module, bits: int, group: int) -> dict:
     from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-    names = [n for n in linear_layers(module) if _get(module, n).weight.numel() % group == 0]
+    names = hqq_layers(module, group)
     cfg = BaseQuantizeConfig(nbits=bits, group_size=group, axis=1)
     size = 0
     for n in names:
@@ -224,18 +255,29 @@ def packed_param_bytes(module: nn.Module) -> int:
     return packed + sum(_nbytes(p) for p in module.parameters())
 
 
-def ours_quantize(module, recipe: QuantRecipe, path: Path) -> tuple[nn.Module, dict]:
+def ours_quantize(module, recipe: QuantRecipe, path: Path,
+                  chosen: dict | None = None) -> tuple[nn.Module, dict]:
     """`module` exported packed with `recipe` to `path` and loaded back: the model the row
-    decodes, and its layers, predicted size, measured bytes in memory and file size."""
+    decodes, and its layers, predicted size, measured bytes in memory and file size.
+    `chosen`: codes calibration picked (stored as they are; the rest rounded to nearest)."""
     report = build_report(module, recipe.plan(module, strict=True), recipe.name)
     ckpt = {"state_dict": module.state_dict(), "model_config": module.hparams["model_config"],
             "tokenizer_state": module.tokenizer.to_state()}
-    export_packed(ckpt, recipe, path)
+    export_packed(ckpt, recipe, path, chosen)
     packed = load_quantized(path)
     layers = sorted(r.name.rpartition(".")[0] for r in report.quantized_rows)
     return packed, {"layers": layers, "size_bytes": report.quantized_bytes,
                     "held_bytes": packed_param_bytes(packed),
                     "file_bytes": path.stat().st_size, "file": str(path)}
+
+
+def gptq_chosen(module, recipe: QuantRecipe, batches: list) -> dict:
+    """GPTQ codes of `recipe`'s weights, calibrated on `batches` (conf/eval.yaml's calib
+    defaults); `module`'s weights take their dequantized values."""
+    plan = recipe.plan(module, strict=True)
+    return calibrate_quantize(module, plan, batches,
+                              lambda m, b: m(b["audio"], b["audio_lens"]),
+                              CalibrationConfig(method="gptq"))
 
 
 def like_for_like(layers: list[str], bits: int, group: int | None, clip: str = "none",
@@ -293,6 +335,8 @@ def plan_rows(versions: dict) -> list[tuple]:
                 rows.append((f"hqq int{bits} {gs(group)}", "hqq", "hqq", (bits, group)))
                 rows.append((f"asrquant int{bits} {gs(group)} (hqq's layers)", "asrquant",
                              "lfl", ("hqq", bits, group, "none")))
+                rows.append((f"asrquant int{bits} {gs(group)} gptq (hqq's layers)",
+                             "asrquant", "gptq", ("hqq", bits, group, "none")))
     if not versions["quanto"].startswith("not available"):
         for bits in (4, 2):
             rows.append((f"quanto qint{bits}", "quanto", "quanto", (bits,)))
@@ -302,11 +346,12 @@ def plan_rows(versions: dict) -> list[tuple]:
 
 
 def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None = None,
-        max_utts: int | None = None) -> dict:
+        max_utts: int | None = None, calib_utts: int = 128) -> dict:
     started = time.perf_counter()
     base = load_quantized(model_path)
     versions = peer_versions()
     batches = test_batches(overrides, base.tokenizer, max_utts)
+    calib: list | None = None  # read when the first gptq row runs
     layer_sets: dict[tuple, list[str]] = {}
     results = []
     (out_dir / "packed").mkdir(parents=True, exist_ok=True)
@@ -330,14 +375,19 @@ def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None =
                 layer_sets[("hqq", *args)] = info["layers"]
             elif kind == "quanto":
                 info = quanto_quantize(module, *args)
-            elif kind == "lfl":
+            elif kind in ("lfl", "gptq"):
                 peer, bits, group, clip = args
                 layers = layer_sets.get((peer, bits, group), [])
+                recipe = like_for_like(layers, bits, group, clip, name)
+                chosen = None
+                if layers and kind == "gptq":
+                    if calib is None:
+                        calib = calibration_batches(overrides, base.tokenizer, calib_utts)
+                    chosen = gptq_chosen(module, recipe, calib)
                 if not layers:
                     info = {"layers": []}
                 else:
-                    module, info = ours_quantize(
-                        module, like_for_like(layers, bits, group, clip, name), packed_file)
+                    module, info = ours_quantize(module, recipe, packed_file, chosen)
             else:
                 module, info = ours_quantize(module, our_recipe(*args), packed_file)
             row.update({k: v for k, v in info.items() if k != "layers"})
@@ -358,6 +408,7 @@ def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None =
         "model": str(model_path),
         "data_overrides": overrides,
         "max_utterances_per_set": max_utts,
+        "calib_utterances": None if calib is None else sum(len(b["ids"]) for b in calib),
         "peers": versions,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -395,10 +446,15 @@ def markdown(report: dict) -> str:
     words = {s: next(r["test"][s]["words"] for r in rows if s in r.get("test", {}))
              for s in sets}
     peers = ", ".join(f"{k} {v}" for k, v in report["peers"].items())
+    n_calib = report.get("calib_utterances")
+    data_used = (f"Post-training; the gptq rows (asrquant's GPTQ: the same layers and size as "
+                 f"the asrquant row above each) calibrate on {n_calib} training utterances (a "
+                 "seeded subset of the train split, no augmentation); the peers and all other "
+                 "rows use no data." if n_calib else "Post-training, no calibration data.")
     return (
         f"# Peer comparison: {Path(report['model']).name}\n\n"
         f"Test data: `{' '.join(report['data_overrides']) or 'data=synthetic (default)'}`; "
-        f"words per set: {words}. Post-training, no calibration data. {peers}; "
+        f"words per set: {words}. {data_used} {peers}; "
         f"torch {report['torch']}, {report['threads']} thread(s), "
         f"{report['wall_time_s']:.0f} s in all.\n\n"
         + "\n".join(lines) + "\n\n"
@@ -423,11 +479,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=None, help="run only rows whose name contains this")
     ap.add_argument("--max-utts", type=int, default=None,
                     help="first N utterances of each test set (smoke runs)")
+    ap.add_argument("--calib-utterances", type=int, default=128,
+                    help="training utterances the gptq rows calibrate on (the peers use none)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/eval.yaml (data)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/peers/{Path(args.model).stem}")
-    run(args.model, args.overrides, out, args.only, args.max_utts)
+    run(args.model, args.overrides, out, args.only, args.max_utts, args.calib_utterances)
     print(f"wrote {out / 'peers.md'} and {out / 'peers.json'}", file=sys.stderr)
 
 

@@ -3,12 +3,15 @@ installed, HQQ and optimum-quanto, next to asrquant on the same layers."""
 
 import importlib.util
 import json
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
+from asrquant.data.audio import read_audio
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import export_packed, load_quantized
 from asrquant.lightning.module import ASRModule
@@ -152,3 +155,90 @@ def test_asrquant_rows_are_measured_on_their_packed_files(tmp_path, monkeypatch)
     md = (out / "peers.md").read_text()
     assert "| torchao int2 ch |" in md and "test WER" in md
     assert "measured on their packed export" in md
+
+
+def calibration_set():
+    """Three utterances, other audio than the test batches: what the gptq rows calibrate on."""
+    g = torch.Generator().manual_seed(2)
+    return [{"audio": torch.randn(2, 16000, generator=g) * 0.1,
+             "audio_lens": torch.tensor([16000, 14000]), "ids": ["c1", "c2"]},
+            {"audio": torch.randn(1, 8000, generator=g) * 0.1,
+             "audio_lens": torch.tensor([8000]), "ids": ["c3"]}]
+
+
+def test_gptq_rows_quantize_hqqs_layers_at_the_same_size_with_other_codes(tmp_path,
+                                                                         monkeypatch):
+    # HQQ itself is optional: its row here only names the layers HQQ would quantize
+    monkeypatch.setattr(peers, "peer_versions",
+                        lambda: {"torchao": "-", "hqq": "stub", "quanto": "not available"})
+    monkeypatch.setattr(peers, "hqq_quantize",
+                        lambda module, bits, group: {"layers": peers.hqq_layers(module, group)})
+    monkeypatch.setattr(peers, "test_batches", lambda overrides, tok, n: batches())
+    asked = []
+    monkeypatch.setattr(peers, "calibration_batches",
+                        lambda overrides, tok, n: asked.append((overrides, n)) or calibration_set())
+    out = tmp_path / "out"
+    peers.main(["--model", str(float_file(tmp_path / "m.safetensors")), "--out", str(out),
+                "--only", "int2 g32", "--calib-utterances", "3", "data=an4"])
+    assert asked == [(["data=an4"], 3)]  # read once, from the run's data config
+    report = json.loads((out / "peers.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    hqq_layers = rows["hqq int2 g32"]["quantized_layers"]
+    plain = rows["asrquant int2 g32 (hqq's layers)"]
+    gptq = rows["asrquant int2 g32 gptq (hqq's layers)"]
+    assert hqq_layers and plain["status"] == gptq["status"] == "ok"
+    assert gptq["quantized_layers"] == plain["quantized_layers"] == sorted(hqq_layers)
+    assert gptq["size_bytes"] == plain["size_bytes"]
+    assert gptq["held_bytes"] == plain["held_bytes"] == gptq["size_bytes"]
+    # same tensors, same shapes and dtypes; GPTQ picked other codes
+    files = [Path(r["file"]) for r in (plain, gptq)]
+    with safe_open(str(files[0]), framework="pt") as a, safe_open(str(files[1]),
+                                                                  framework="pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        codes = [k for k in a.keys() if k.endswith("::packed")]
+        assert len(codes) == len(hqq_layers)
+        assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in codes)
+    # the file holds the GPTQ-calibrated model, and the row's scores are that model's
+    ptq = talking_module()
+    peers.gptq_chosen(ptq, peers.like_for_like(hqq_layers, 2, 32), calibration_set())
+    audio = batches()["test"][0]
+    with torch.no_grad():
+        expected = ptq.model(audio["audio"], audio["audio_lens"])[0]
+        assert torch.equal(load_quantized(files[1]).model(audio["audio"], audio["audio_lens"])[0],
+                           expected)
+    assert gptq["test"] == peers.evaluate(ptq, batches())
+    assert report["calib_utterances"] == 3
+    md = (out / "peers.md").read_text()
+    assert "| asrquant int2 g32 gptq (hqq's layers) |" in md
+    assert "calibrate on 3 training utterances" in md and "the peers and all other" in md
+
+
+def write_manifest(folder: Path, name: str, text: str, n: int) -> Path:
+    lines = []
+    for i in range(n):
+        samples = (3000 * np.sin(np.arange(8000 + 800 * i) / (3 + i))).astype(np.int16)
+        with wave.open(str(folder / f"{name}{i}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(samples.tobytes())
+        lines.append(json.dumps({"audio_filepath": f"{name}{i}.wav",
+                                 "duration": len(samples) / 16000, "text": text}))
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_calibration_utterances_are_a_seeded_subset_of_train_never_test(tmp_path):
+    overrides = ["data=manifest", f"data.train={write_manifest(tmp_path, 'tr', 'a b', 6)}",
+                 f"data.test={write_manifest(tmp_path, 'te', 'c d', 6)}",
+                 "data.dev_fraction=0"]
+    calib = peers.calibration_batches(overrides, CharTokenizer(), 4)
+    assert sum(len(b["ids"]) for b in calib) == 4
+    assert {t for b in calib for t in b["texts"]} == {"a b"}
+    again = peers.calibration_batches(overrides, CharTokenizer(), 4)
+    assert [b["ids"] for b in again] == [b["ids"] for b in calib]
+    # the audio as read from its file: no augmentation
+    for b in calib:
+        for row, (utt, n) in enumerate(zip(b["ids"], b["audio_lens"].tolist(), strict=True)):
+            assert torch.equal(b["audio"][row, :n], read_audio(tmp_path / f"{utt}.wav"))
