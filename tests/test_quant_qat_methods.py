@@ -246,3 +246,13 @@ def test_the_teacher_sees_the_students_augmented_features():
     clean, _ = module.model.compute_features(batch["audio"], batch["audio_lens"])
     assert torch.equal(seen["teacher"], seen["student"])
     assert not torch.equal(seen["student"], clean)  # SpecAugment masked some of them
+
+
+def test_learned_scales_count_as_the_weights_scales_not_as_float_parameters():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 4))
+    recipe = QuantRecipe(QuantSpec(bits=2, group_size=8))
+    from asrquant.quant import build_report, fake_quant_specs
+    plain = build_report(model, recipe.plan(model)).totals()
+    attach_fake_quant(model, recipe, scales="learned")
+    learned = build_report(model, fake_quant_specs(model)).totals()
+    assert learned == plain

@@ -255,6 +255,8 @@ def build_report(
     plan of a model with fake quantization (fake_quant_specs) works too."""
     rows = []
     for n, p in model.named_parameters():
+        if _LEARNED.fullmatch(n):  # a learned scale or zero point: counted with its weight
+            continue
         n = original_name(n)
         rows.append(param_row(n, p, plan.get(n)))
     persistent = model.state_dict(keep_vars=True)
