@@ -374,7 +374,8 @@ def test_calibration_and_qat_ingredients_get_their_own_rows_and_findings(tmp_pat
         "a32_awq": with_method(result("ptq", "a32", 2, 0.8, 0.16, dev=0.14), "awq_clip"),
         "qat_all": with_method(result("qat", "a32", 2, 0.8, 0.092, dev=0.11), "gptq+kd+lsq"),
         # 2.35 bits: 0.62 MB against the 4-bit 1.2 MB (48% smaller), dev within 1 sd
-        "qat_dq": with_method(result("qat", "a32dq", 2, 0.62, 0.112, dev=0.125), "gptq+kd"),
+        "qat_dq": with_method(result("qat", "a64", 2, 0.62, 0.112, dev=0.125, group=64),
+                              "gptq+kd"),
     }
     for name, r in extra.items():
         (root / name).mkdir()
@@ -382,7 +383,7 @@ def test_calibration_and_qat_ingredients_get_their_own_rows_and_findings(tmp_pat
     rows, _, _ = study_rows(load_runs(root), "test")
     labels = {r["recipe"] for r in rows}
     assert {"int2 asym g32 gptq", "int2 asym g32 awq_clip", "int2 asym g32 gptq+kd+lsq",
-            "int2 asym g32 gptq+kd"} <= labels
+            "int2 asym g64 gptq+kd"} <= labels
     main([str(root)])
     md = (root / "results.md").read_text()
     # chosen on dev: awq_clip (dev 14%) although gptq has the lower test WER
@@ -393,7 +394,7 @@ def test_calibration_and_qat_ingredients_get_their_own_rows_and_findings(tmp_pat
     # 1 sd of the 4-bit reference's dev WER (12%) on 500 words is 1.45 points: the 0.62 MB
     # model (dev 12.5%) qualifies; its test 11.2% <= 11% + 1 sd (0.99) = 11.99%
     line = next(x for x in md.splitlines() if "at least 40% smaller" in x)
-    assert "holds here" in line and "int2 asym g32 gptq+kd (QAT), 48.3% smaller" in line
+    assert "holds here" in line and "int2 asym g64 gptq+kd (QAT), 48.3% smaller" in line
     assert "**2-bit QAT ingredients**" in md and "int2 asym g32 gptq+kd+lsq 9.20% (1.02x)" in md
 
 
@@ -408,3 +409,15 @@ def test_the_40_percent_target_names_file_and_parameter_bytes_when_they_disagree
                 if "at least 40% smaller" in x)
     assert "holds by parameter bytes, not by file bytes" in line
     assert "37.5% smaller" in line and "by parameter bytes" in line and "48.3% smaller" in line
+
+
+def test_a_qat_only_row_takes_the_file_size_of_its_recipe(tmp_path):
+    root = study_sweep(tmp_path)
+    qat = with_method(result("qat", "a32", 2, 0.5, 0.095), "gptq+kd")  # 0.5: parameter bytes
+    (root / "qat_kd").mkdir()
+    (root / "qat_kd" / "results.json").write_text(json.dumps(qat))
+    rows, _, _ = study_rows(load_runs(root), "test")
+    by = {r["recipe"]: r for r in rows}
+    assert by["int2 asym g32 gptq+kd"]["size_bytes"] == 812_345  # the int2 asym g32 file
+    assert by["int2 asym g32 gptq+kd"]["from_file"]
+    assert by["int2 asym g32 gptq+kd"]["param_bytes"] == 500_000

@@ -119,8 +119,10 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
                     ok.append((r, mode))
         if ok:
             r, mode = min(ok, key=lambda p: (p[0]["size_bytes"], p[0][f"{p[1]}_dev_wer"]))
-            saved = 1 - r["size_bytes"] / best4["size_bytes"]
             params = r.get("param_bytes"), best4.get("param_bytes")
+            both_files = r.get("from_file") and best4.get("from_file")
+            saved = (1 - r["size_bytes"] / best4["size_bytes"] if both_files or not all(params)
+                     else 1 - params[0] / params[1])  # never a file against parameters
             saved_params = 1 - params[0] / params[1] if all(params) else None
             margin = best4["ptq_wer"] + _noise_points(best4["ptq_wer"], words) / 100
             good_wer = r[f"{mode}_wer"] <= margin

@@ -250,7 +250,8 @@ def study_rows(runs: list[dict], test_set: str):
     by_label: dict[str, dict] = {}
     for r in ok:
         fields = _spec_fields(r)
-        row = by_label.setdefault(fields["recipe"], {**fields, "runs": []})
+        row = by_label.setdefault(fields["recipe"], {**fields, "runs": [],
+                                                      "base": _recipe_fields(r)["recipe"]})
         row["runs"].append(r["_path"])
         wer = r["test"][test_set]["wer"]
         if r.get("mode") in ("ptq", "float"):
@@ -264,6 +265,11 @@ def study_rows(runs: list[dict], test_set: str):
             row["size_bytes"], row["from_file"] = nbytes, from_file
         row["param_bytes"] = int(r["size_bytes"])  # parameters only (the paper's model size)
     rows = [r for r in by_label.values() if "size_bytes" in r]
+    for r in rows:  # a QAT-only row (e.g. 'int2 asym g32 gptq+kd') wrote no file, but its
+        # recipe's file has the same bytes whatever the codes: take that file's size
+        base = by_label.get(r["base"])
+        if not r["from_file"] and base is not None and base.get("from_file"):
+            r["size_bytes"], r["from_file"] = base["size_bytes"], True
     for r in rows:
         r["size_mb"] = r["size_bytes"] / 1e6
     floats = [r for r in rows if r["bits"] == 32]

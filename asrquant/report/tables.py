@@ -93,6 +93,10 @@ def write_csv(path: Path, rows, failed) -> None:
 def study_markdown(rows, best4, test_set: str, words: int) -> str:
     file_note = ("all sizes are exported files' bytes" if all(r["from_file"] for r in rows)
                  else "sizes marked * are predicted parameter bytes (no file exported)")
+    if any(r.get("base") != r["recipe"] and r.get("qat_wer") is not None
+           and r.get("ptq_wer") is None for r in rows):
+        file_note += ("; a QAT-only row (its label ends with the QAT ingredients) has its "
+                      "recipe's file size, which does not depend on the codes")
     lines = [f"Test set `{test_set}`, {words} words (one word = {100 / max(words, 1):.3f} WER "
              f"points). PTQ: post-training quantization of the float model; QAT: fine-tuned "
              f"with fake quantization; the float row's QAT column is the float control "
