@@ -81,7 +81,8 @@ case $MODE in
                         data.synthetic.n_test_voices=40)
            COMMON+=("${SEARCH_DATA[@]}")
          fi
-         TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2) ;;
+         TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2)
+         PEERS_ARGS=(--calib-utterances 16) ;;
   *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
 esac
 ABLATION=${ABLATION-all gptq_init kd lsq sym_all dq_gptq_kd}
@@ -177,6 +178,7 @@ if [[ $FROM -le 6 && -n "$PEERS" ]]; then
   stage "6. peers on the same float model and test split"
   FLOAT_FILE=$(find_run "$OUT/ptq_float_mixed" mode=float)/model.safetensors
   $BIN/python bench/peers.py --model "$FLOAT_FILE" --out "$OUT/peers" --threads "$THREADS" \
+    ${PEERS_ARGS[@]+"${PEERS_ARGS[@]}"} \
     "${DATA[@]//\'/}"
   cp "$OUT/peers/peers.md" "$OUT/peers/peers.json" "$DOCS/"
 fi
