@@ -318,7 +318,7 @@ def gs(group):
     return "ch" if group is None else f"g{group}"
 
 
-def plan_rows(versions: dict) -> list[tuple]:
+def plan_rows(versions: dict, gptq: bool = True) -> list[tuple]:
     """(row name, library, kind, args)."""
     rows = [("float32", "-", "float", ())]
     for bits in (4, 2):
@@ -335,8 +335,9 @@ def plan_rows(versions: dict) -> list[tuple]:
                 rows.append((f"hqq int{bits} {gs(group)}", "hqq", "hqq", (bits, group)))
                 rows.append((f"asrquant int{bits} {gs(group)} (hqq's layers)", "asrquant",
                              "lfl", ("hqq", bits, group, "none")))
-                rows.append((f"asrquant int{bits} {gs(group)} gptq (hqq's layers)",
-                             "asrquant", "gptq", ("hqq", bits, group, "none")))
+                if gptq:
+                    rows.append((f"asrquant int{bits} {gs(group)} gptq (hqq's layers)",
+                                 "asrquant", "gptq", ("hqq", bits, group, "none")))
     if not versions["quanto"].startswith("not available"):
         for bits in (4, 2):
             rows.append((f"quanto qint{bits}", "quanto", "quanto", (bits,)))
@@ -355,7 +356,7 @@ def run(model_path: str, overrides: list[str], out_dir: Path, only: str | None =
     layer_sets: dict[tuple, list[str]] = {}
     results = []
     (out_dir / "packed").mkdir(parents=True, exist_ok=True)
-    for name, library, kind, args in plan_rows(versions):
+    for name, library, kind, args in plan_rows(versions, gptq=calib_utts > 0):
         if only and only not in name:
             continue
         t0 = time.perf_counter()
@@ -480,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-utts", type=int, default=None,
                     help="first N utterances of each test set (smoke runs)")
     ap.add_argument("--calib-utterances", type=int, default=128,
-                    help="training utterances the gptq rows calibrate on (the peers use none)")
+                    help="training utterances the gptq rows calibrate on (the peers use "
+                         "none); 0: no gptq rows")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/eval.yaml (data)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

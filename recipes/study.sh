@@ -82,7 +82,8 @@ case $MODE in
            COMMON+=("${SEARCH_DATA[@]}")
          fi
          TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2)
-         PEERS_ARGS=(--calib-utterances 16) ;;
+         PEERS_ARGS=(--calib-utterances 0 --max-utts 10) ;;  # smoke: no gptq rows (tested in
+         # tests/test_peers_bench.py), 10 utterances per test set
   *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
 esac
 ABLATION=${ABLATION-all gptq_init kd lsq sym_all dq_gptq_kd}
@@ -190,8 +191,9 @@ if [[ $FROM -le 8 && $CALIB == smoke ]]; then  # quick mode: one run of each new
   check_stage "$OUT/ptq_calib"
   stage "9. QAT ablation (smoke: gptq+kd+lsq)"
   $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
-    ${TRAIN[@]+"${TRAIN[@]}"} quant=int2_asym_g32 quant.method=gptq qat.kd_weight=1.0 \
-    qat.scales=learned calib.num_utterances=16 "${SUB[@]}" hydra.sweep.dir="$OUT/qat_ablation/all"
+    trainer.max_steps=20 optim.warmup_steps=5 quant=int2_asym_g32 quant.method=gptq \
+    qat.kd_weight=1.0 qat.scales=learned calib.num_utterances=16 "${SUB[@]}" \
+    hydra.sweep.dir="$OUT/qat_ablation/all"
   check_stage "$OUT/qat_ablation/all"
 fi
 
