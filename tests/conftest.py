@@ -5,6 +5,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from asrquant.cli.common import CONF_DIR
+from asrquant.data.tokenizer import CharTokenizer
+from asrquant.lightning.module import ASRModule
+from asrquant.models.sizes import size_config
 
 # Two cores here: one intra-op thread keeps test timings stable and leaves a core free.
 torch.set_num_threads(int(os.environ.get("ASRQUANT_TEST_THREADS", "1")))
@@ -51,3 +54,16 @@ def tiny_dims():
 def tiny_model():
     """The tiny model as overrides (with a 40-piece sentencepiece tokenizer)."""
     return [f"model.{k}={v}" for k, v in TINY_DIMS.items()] + ["tokenizer.vocab_size=40"]
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    """A small random-weight float checkpoint dict (state_dict, model_config, tokenizer_state;
+    char tokenizer), as export_packed and the loaders take it; one per test module."""
+    torch.manual_seed(0)
+    tok = CharTokenizer()
+    cfg = size_config("cpu", tok.vocab_size, d_model=32, num_layers=2, ffn_dim=64,
+                      subsampling_channels=8, conv_kernel_size=7)
+    module = ASRModule(cfg, tok)
+    return {"state_dict": module.state_dict(), "model_config": cfg.to_dict(),
+            "tokenizer_state": tok.to_state()}

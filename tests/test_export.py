@@ -11,7 +11,6 @@ from safetensors.torch import load_file, save_file
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import FORMAT_VERSION, ExportError, export_packed, load_quantized
 from asrquant.lightning.module import ASRModule
-from asrquant.models.sizes import size_config
 from asrquant.quant import QuantRecipe, QuantRule, QuantSpec, attach_fake_quant
 from asrquant.quant.packed import PackedConv1d, PackedLinear, PackedMultiheadAttention
 
@@ -30,17 +29,6 @@ RECIPES = {
                          rules=(QuantRule("*.self_attn.*", QuantSpec(bits=4, group_size=64)),
                                 QuantRule("model.ctc_head.*", None))),
 }
-
-
-@pytest.fixture(scope="module")
-def ckpt():
-    torch.manual_seed(0)
-    tok = CharTokenizer()
-    cfg = size_config("cpu", tok.vocab_size, d_model=32, num_layers=2, ffn_dim=64,
-                      subsampling_channels=8, conv_kernel_size=7)
-    module = ASRModule(cfg, tok)
-    return {"state_dict": module.state_dict(), "model_config": cfg.to_dict(),
-            "tokenizer_state": tok.to_state()}
 
 
 def reference(ckpt, recipe):

@@ -24,7 +24,7 @@ from torch import nn
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import ExportError, export_packed, header_bytes, load_quantized
 from asrquant.lightning.module import ASRModule
-from asrquant.models.sizes import build_model, size_config
+from asrquant.models.sizes import build_model
 from asrquant.quant import (
     QuantRecipe,
     QuantSpec,
@@ -272,17 +272,6 @@ def test_report_counts_k_bit_codes_super_scales_and_packed_zero_points_per_tenso
         shape, code_bytes, scale_bytes):
     row = param_row("w", torch.zeros(shape), DQ)
     assert (row.code_bytes, row.scale_bytes) == (code_bytes, scale_bytes)
-
-
-@pytest.fixture(scope="module")
-def ckpt():
-    torch.manual_seed(0)
-    tok = CharTokenizer()
-    cfg = size_config("cpu", tok.vocab_size, d_model=32, num_layers=2, ffn_dim=64,
-                      subsampling_channels=8, conv_kernel_size=7)
-    module = ASRModule(cfg, tok)
-    return {"state_dict": module.state_dict(), "model_config": cfg.to_dict(),
-            "tokenizer_state": tok.to_state()}
 
 
 FILE_RECIPES = {
