@@ -302,7 +302,6 @@ def _quantize_one(model, name: str, spec: QuantSpec, h: torch.Tensor,
     elif config.method == "awq_clip":
         qt = quantize(w, dataclasses.replace(spec, clip="mse"),
                       hessian=group_hessians(h, w.shape, spec))
-        qt = dataclasses.replace(qt, spec=spec)
     else:
         qt = quantize(w, spec)
     qt = dataclasses.replace(qt, spec=spec)

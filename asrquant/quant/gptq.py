@@ -28,12 +28,10 @@ import torch
 from .primitives import (
     QuantizedTensor,
     _codes_dtype,
-    choose_qparams,
     dequantize_groups,
     group_layout,
     quantize,
     quantize_groups,
-    to_groups,
 )
 from .spec import QuantSpec
 
@@ -129,9 +127,8 @@ def gptq_quantize(
     qspec = dataclasses.replace(spec, clip="mse") if output_clip else spec
     hg = group_hessians(hessian, w.shape, spec) if output_clip else None
     qt = quantize(weight.reshape(w.shape), qspec, hessian=hg)  # the stored qparams
-    scale, zp, _ = choose_qparams(to_groups(weight, layout), qspec, hg)
-    scale = scale.squeeze(-1)  # (rows, n_groups), decoded float32
-    zp = None if zp is None else zp.squeeze(-1)
+    scale = qt.float_scale()  # (rows, n_groups), decoded float32
+    zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32)
 
     perm = None
     if act_order:

@@ -282,12 +282,17 @@ def quantization_callbacks(cfg: dict, mode: str) -> list[QuantizationCallback]:
     if recipe is None:
         return []
     extra = {"restore": False} if mode == "ptq" else {}
-    calibration = calibration_of(cfg)
-    if calibration is not None:
-        extra["calibration"] = calibration
-        extra["num_calibration"] = int((cfg.get("calib") or {}).get("num_utterances", 128))
     return [QuantizationCallback(recipe, mode=mode, strict=bool(cfg.get("quant_strict")),
-                                 **extra)]
+                                 **extra, **calibration_kwargs(cfg))]
+
+
+def calibration_kwargs(cfg: dict) -> dict:
+    """QuantizationCallback's calibration arguments of a config ({} for quant.method=rtn)."""
+    calibration = calibration_of(cfg)
+    if calibration is None:
+        return {}
+    return {"calibration": calibration,
+            "num_calibration": int((cfg.get("calib") or {}).get("num_utterances", 128))}
 
 
 def names_of_test_sets(sources: dict) -> list[str]:

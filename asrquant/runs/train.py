@@ -16,6 +16,7 @@ from asrquant.quant import recipe_of_checkpoint
 from asrquant.runs.blocks import (
     build_datamodule,
     build_tokenizer,
+    calibration_kwargs,
     check_resumable,
     data_sources,
     fit_normalizer,
@@ -27,7 +28,6 @@ from asrquant.runs.blocks import (
     optim_kwargs,
 )
 from asrquant.runs.common import (
-    calibration_of,
     finish_run,
     qat_label,
     qat_settings,
@@ -89,10 +89,8 @@ def run_train(cfg, run_dir: str | os.PathLike) -> dict:
     strict = bool(cfg.get("quant_strict"))  # the recipe may be the checkpoint's own
     callbacks = []
     if recipe:
-        calibration = calibration_of(cfg)
-        callbacks = [QuantizationCallback(
-            recipe, mode="qat", strict=strict, scales=qat["scales"], calibration=calibration,
-            num_calibration=int((cfg.get("calib") or {}).get("num_utterances", 128)))]
+        callbacks = [QuantizationCallback(recipe, mode="qat", strict=strict,
+                                          scales=qat["scales"], **calibration_kwargs(cfg))]
     datamodule = build_datamodule(cfg, tokenizer, sources, cfg["data"].get("policy", "skip"))
     trainer = make_trainer(cfg, run_dir, callbacks)
     resume = str(last) if last.is_file() and cfg.get("resume", True) else None
