@@ -224,3 +224,15 @@ def test_packed_model_scores_exactly_the_fake_quant_wer_and_transcripts(cfg_of, 
         assert predictions(tmp_path / "pk", name) == (refs, hyps)
         assert packed["test"][name]["wer"] == ptq["test"][name]["wer"]
         assert packed["test"][name]["loss"] == ptq["test"][name]["loss"]  # bit-exact logits
+    # the same file as ONNX, run by onnxruntime (MatMulNBits at accuracy_level 0): the same
+    # transcripts, and the loss within float rounding
+    conv = run_export(cfg_of("export", [f"packed={written}", "format=onnx"]), tmp_path / "ox")
+    assert conv["onnx"]["matmul_nbits_nodes"] > 0
+    deployed = run_eval(cfg_of("eval", corpus + [f"onnx={conv['onnx']['path']}"]),
+                        tmp_path / "onnx")
+    assert deployed["mode"] == "onnx"
+    for name in SETS:
+        assert predictions(tmp_path / "onnx", name) == predictions(tmp_path / "pk", name)
+        assert deployed["test"][name]["wer"] == packed["test"][name]["wer"]
+        assert deployed["test"][name]["loss"] == pytest.approx(packed["test"][name]["loss"],
+                                                               rel=1e-4)

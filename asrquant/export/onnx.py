@@ -16,9 +16,13 @@ onnx, onnxscript and onnxruntime come with the optional extra `asrquant[onnx]`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
+import logging
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -92,11 +96,12 @@ def _export_proto(graph: OnnxGraph):
     lens = torch.tensor([audio.shape[1], MIN_AUDIO_SAMPLES * 8])
     batch = torch.export.Dim("batch")
     samples = torch.export.Dim("samples", min=MIN_AUDIO_SAMPLES)
-    program = torch.onnx.export(
-        graph, (audio, lens), dynamo=True, opset_version=OPSET, optimize=False,
-        dynamic_shapes=({0: batch, 1: samples}, {0: batch}),
-        custom_translation_table=onnx_translation_table(),
-        input_names=list(INPUTS), output_names=list(OUTPUTS), verbose=False)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            graph, (audio, lens), dynamo=True, opset_version=OPSET, optimize=False,
+            dynamic_shapes=({0: batch, 1: samples}, {0: batch}),
+            custom_translation_table=onnx_translation_table(),
+            input_names=list(INPUTS), output_names=list(OUTPUTS), verbose=False)
     dtypes = {v.name: v.dtype for node in program.model.graph.all_nodes() for v in node.outputs
               if v.dtype is not None}
     dtypes.update({v.name: v.dtype for v in program.model.graph.inputs})
@@ -110,9 +115,27 @@ def _export_proto(graph: OnnxGraph):
             node.op_type = "Cast"
             del node.input[1]
             node.attribute.add().CopyFrom(require("onnx").helper.make_attribute("to", target))
-    proto = optimizer.optimize(proto, input_size_limit=16, output_size_limit=16)
+    with _quiet_exporter():
+        proto = optimizer.optimize(proto, input_size_limit=16, output_size_limit=16)
     _compact(proto)
     return proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress lines and its libraries' INFO logs (one line per folded
+    constant) would bury a run's own output: kept to warnings for the duration."""
+    names = ("torch.onnx", "onnxscript", "onnx_ir")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
 
 
 def _compact(proto) -> None:

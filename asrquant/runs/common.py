@@ -64,7 +64,8 @@ def check_threads(cfg: dict) -> None:
     check_number("threads", cfg.get("threads"), ge=1, integer=True, none_ok=True)
 
 
-PACKED_NOTE = "(or packed=/path/to/model.safetensors)"  # eval takes either
+# eval takes any of these
+PACKED_NOTE = "(or packed=/path/to/model.safetensors, or onnx=/path/to/model.onnx)"
 
 
 def require_ckpt(cfg: dict, note: str = "") -> str:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from asrquant.data.text import normalize_text
 from asrquant.export import export_packed, load_quantized
+from asrquant.export.onnx import load_onnx, onnx_metadata
 from asrquant.lightning.callbacks import report_metrics
 from asrquant.lightning.module import ASRModule
 from asrquant.quant import QuantRecipe, fake_quant_specs, recipe_of_checkpoint
@@ -46,7 +47,10 @@ def run_eval(cfg, run_dir: str | os.PathLike) -> dict:
     recipe = recipe_of(cfg)
     sources = eval_sources(cfg)
     test_names = names_of_test_sets(sources)
-    if cfg.get("packed"):
+    if cfg.get("packed") and cfg.get("onnx"):
+        raise ValueError(f"packed={cfg['packed']!r} and onnx={cfg['onnx']!r} are both set; "
+                         "evaluate one model file per run")
+    if cfg.get("packed") or cfg.get("onnx"):
         return _eval_packed(run, sources, test_names)
     ckpt = load_checkpoint(require_ckpt(cfg, PACKED_NOTE))
     module = module_from_checkpoint(ckpt, None, run_dir / "predictions", test_names)
@@ -106,11 +110,18 @@ def scored_sets(last_results: dict) -> dict:
 
 
 def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
-    """Test WER of a packed safetensors model (asrquant-export), weights kept packed."""
+    """Test WER of a packed safetensors model (asrquant-export), weights kept packed, or of
+    an exported ONNX file run by onnxruntime (`onnx=`, `onnx_accuracy_level`)."""
     cfg = run.cfg
+    kind = "onnx" if cfg.get("onnx") else "packed"
+    path = str(cfg[kind])
     if recipe_of(cfg) is not None:
-        raise ValueError("packed= models carry their own recipe: evaluate them with quant=float")
-    module = load_quantized(cfg["packed"])
+        raise ValueError(f"{kind}= models carry their own recipe: evaluate them with quant=float")
+    if kind == "onnx":
+        module = load_onnx(path, threads=int(cfg.get("threads") or 1),
+                           accuracy_level=cfg.get("onnx_accuracy_level"))
+    else:
+        module = load_quantized(path)
     module.normalize = normalize_text
     module.predictions_dir = run.dir / "predictions"
     module.set_names["test"] = test_names
@@ -119,12 +130,17 @@ def _eval_packed(run: Run, sources: dict, test_names: list[str]) -> dict:
                                   cfg["data"].get("eval_policy", "error"))
     trainer = make_trainer(cfg, run.dir, [], checkpoints=False)
     trainer.test(module, datamodule=datamodule)
-    with safe_open(str(cfg["packed"]), "pt") as f:
-        recipe = QuantRecipe.from_dict(json.loads(f.metadata()["recipe"]))
+    if kind == "onnx":
+        meta = onnx_metadata(path)
+    else:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+    recipe = QuantRecipe.from_dict(json.loads(meta["recipe"]))
     add_per_speaker(module.last_results, run.dir / "predictions", sources)
-    results = {"mode": "packed", "packed": str(cfg["packed"]),
-               "file_bytes": Path(cfg["packed"]).stat().st_size, "decoder": decoder,
-               **scored_sets(module.last_results)}
+    results = {"mode": kind, kind: path, "file_bytes": Path(path).stat().st_size,
+               "decoder": decoder, **scored_sets(module.last_results)}
+    if kind == "onnx":
+        results["onnx_accuracy_level"] = cfg.get("onnx_accuracy_level")
     # Sizes as for the fake-quantized model: the same recipe on the same (float) layout.
     float_module = ASRModule(module.model.config.to_dict(), module.tokenizer)
     results.update(size_fields(size_report(float_module, recipe), recipe))

@@ -71,12 +71,18 @@ def validate_config(cfg, kind: str):
     if kind == "eval":
         check_bool("score_dev", cfg.get("score_dev", True))
         decode_settings(cfg.get("decode"))
-    if kind == "eval" and not cfg.get("packed"):
+    if kind == "eval" and not (cfg.get("packed") or cfg.get("onnx")):
         require_ckpt(cfg, PACKED_NOTE)
-    if kind == "eval" and cfg.get("ckpt") and cfg.get("packed"):
-        raise ValueError(f"ckpt={cfg['ckpt']!r} and packed={cfg['packed']!r} are both set; "
-                         "allowed: one of them")
-    check_files(cfg, "ckpt", "packed", "init_from")
+    if kind == "eval":
+        given = [f"{k}={cfg[k]!r}" for k in ("ckpt", "packed", "onnx") if cfg.get(k)]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are all set; allowed: one of ckpt, "
+                             "packed, onnx")
+        level = cfg.get("onnx_accuracy_level")
+        if level is not None and level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"onnx_accuracy_level={level!r} is invalid; allowed: null (as "
+                             "exported), 0, 1, 2, 3, 4")
+    check_files(cfg, "ckpt", "packed", "onnx", "init_from")
     if kind == "eval" and data.get("kind") in ("manifest", "librispeech"):
         tests = data.get("test") or data.get("extra_test") or data.get("test_splits")
         if not tests:
