@@ -148,8 +148,12 @@ def _compact(proto) -> None:
     proto.doc_string = graph.doc_string = ""
     keep = {v.name for v in (*graph.input, *graph.output)} | {i.name for i in graph.initializer}
     names: dict[str, str] = {}
+    initializers = {i.name for i in graph.initializer}
     for node in graph.node:
-        node.name = ""
+        # a MatMul on a weight is named after it ("layers.0.ffn1.up.weight_t"), so that tools
+        # can pick nodes (e.g. MatMulNBitsQuantizer's nodes_to_exclude=["mel_fb"])
+        weights = [i for i in node.input if i in initializers]
+        node.name = weights[0] if node.op_type in ("MatMul", "MatMulNBits") and weights else ""
         node.doc_string = ""
         del node.metadata_props[:]
         for i, name in enumerate(node.input):

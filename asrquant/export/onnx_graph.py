@@ -248,16 +248,23 @@ class GraphWeight(nn.Module):
         return w.reshape(lay.rows, -1)[:, : lay.row_len].reshape(self.shape)
 
 
+def _pow2_at_least(n: int) -> int:
+    return max(MATMUL_NBITS_MIN_BLOCK, 1 << (n - 1).bit_length())
+
+
 def matmul_nbits_block(pw: PackedWeight) -> int | str:
-    """MatMulNBits block size for this packed weight, or why the op cannot express it."""
+    """MatMulNBits block size of this packed weight's full blocks, or why the op cannot
+    express it. Groups: the group size. Per channel (one group per row): the largest power of
+    two <= K up to 256, the row's qparams repeated in each block."""
     spec, lay = pw.spec, group_layout(pw.shape, pw.spec)
     if spec.bits not in MATMUL_NBITS_BITS:
         return f"{spec.bits} bits (MatMulNBits runs bits {list(MATMUL_NBITS_BITS)})"
     if spec.granularity == "tensor":
         return "granularity 'tensor' (MatMulNBits has a scale per row and block)"
-    if lay.n_groups == 1:  # per channel, or one group per row: one block covering K
-        block = max(MATMUL_NBITS_MIN_BLOCK, 1 << (lay.row_len - 1).bit_length())
-        return min(block, MATMUL_NBITS_MAX_BLOCK)  # longer rows: qparams repeated per block
+    if lay.n_groups == 1:
+        if lay.row_len < MATMUL_NBITS_MIN_BLOCK:
+            return MATMUL_NBITS_MIN_BLOCK
+        return min(MATMUL_NBITS_MAX_BLOCK, 1 << (lay.row_len.bit_length() - 1))
     g = lay.group_len
     if g & (g - 1) or not MATMUL_NBITS_MIN_BLOCK <= g <= MATMUL_NBITS_MAX_BLOCK:
         return (f"group size {g} (MatMulNBits blocks are powers of two in "
@@ -266,50 +273,82 @@ def matmul_nbits_block(pw: PackedWeight) -> int | str:
 
 
 class NBitsLinear(nn.Module):
-    """A packed Linear (x @ W^T + b) as one MatMulNBits node over our codes in its layout:
-    rows padded to whole blocks, codes low-bits-first in each byte, zero points packed per
-    row (symmetric grids: qmax). Scales come from `GraphScales` (stored dtype in the file)."""
+    """A packed Linear (x @ W^T + b) as MatMulNBits nodes over our codes in the op's layout:
+    blocks along K, codes low-bits-first in each byte, zero points packed per row (symmetric
+    grids: qmax). The op's blocks are all one size, so when K is not a multiple of it (K=144,
+    groups of 128: a short last group of 16) the row is split in two nodes, the full blocks
+    and the tail (its own power-of-two block), whose outputs are added: no padding to a
+    whole block in the file. Scales come from `GraphScales` (stored dtype in the file)."""
 
     def __init__(self, pw: PackedWeight, bias: Tensor | None, block: int, accuracy_level: int):
         super().__init__()
         spec, lay = pw.spec, group_layout(pw.shape, pw.spec)
-        self.K, self.N, self.bits, self.block = lay.row_len, lay.rows, spec.bits, block
+        self.K, self.N, self.bits = lay.row_len, lay.rows, spec.bits
         self.accuracy_level = accuracy_level
-        n_blocks = -(-self.K // block)
-        self.repeat = n_blocks // lay.n_groups  # > 1 only for long per-channel rows
         codes = unpack(pw.packed, spec.bits, pw.shape.numel()).reshape(self.N, self.K)
-        codes = F.pad(codes, (0, n_blocks * block - self.K))
-        self.register_buffer("qweight", pack_rows(codes, spec.bits).reshape(
-            self.N, n_blocks, block * spec.bits // 8))
-        offsets = integer_offsets(pw).repeat_interleave(self.repeat, dim=1)
-        self.register_buffer("zero_points", pack_rows(offsets, spec.bits).reshape(-1))
+        offsets = integer_offsets(pw)  # (N, n_groups)
+        full = self.K // block
+        per_channel = lay.n_groups == 1
+        # (k0, k1, block, first scale column, columns, repeats of each column)
+        parts = []
+        if full:
+            parts.append((0, full * block, block, 0, 1 if per_channel else full,
+                          full if per_channel else 1))
+        if full * block < self.K:
+            tail = self.K - full * block
+            parts.append((full * block, self.K, _pow2_at_least(tail),
+                          0 if per_channel else full, 1, 1))
+        self.parts = parts
+        for i, (k0, k1, blk, c0, cols, rep) in enumerate(parts):
+            n_blocks = -(-(k1 - k0) // blk)
+            part = F.pad(codes[:, k0:k1], (0, n_blocks * blk - (k1 - k0)))
+            self.register_buffer(f"qweight{i}", pack_rows(part, spec.bits).reshape(
+                self.N, n_blocks, blk * spec.bits // 8))
+            zp = offsets[:, c0:c0 + cols].repeat_interleave(rep, dim=1)
+            self.register_buffer(f"zero_points{i}", pack_rows(zp, spec.bits).reshape(-1))
         self.scales = GraphScales(pw)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
+    def describe(self) -> str:
+        blocks = " + ".join(f"K={k1 - k0} block_size={blk}" for k0, k1, blk, *_ in self.parts)
+        return f"MatMulNBits bits={self.bits} {blocks}"
+
     def forward(self, x: Tensor) -> Tensor:
         scales = self.scales()
-        if self.repeat > 1:
-            scales = scales.repeat_interleave(self.repeat, dim=1)
-        y = torch.ops.asrquant.matmul_nbits(x, self.qweight, scales.reshape(-1),
-                                            self.zero_points, self.K, self.N, self.bits,
-                                            self.block, self.accuracy_level)
+        y = None
+        for i, (k0, k1, blk, c0, cols, rep) in enumerate(self.parts):
+            s = scales[:, c0:c0 + cols]
+            if rep > 1:
+                s = s.repeat_interleave(rep, dim=1)
+            xi = x if (k0, k1) == (0, self.K) else x[..., k0:k1]
+            yi = torch.ops.asrquant.matmul_nbits(
+                xi, getattr(self, f"qweight{i}"), s.reshape(-1),
+                getattr(self, f"zero_points{i}"), k1 - k0, self.N, self.bits, blk,
+                self.accuracy_level)
+            y = yi if y is None else y + yi
         return y if self.bias is None else y + self.bias
 
 
 class DenseLinear(nn.Module):
-    """x @ W^T + b with W float, or decoded in the graph from our codes (`GraphWeight`)."""
+    """x @ W^T + b with W float, or decoded in the graph from our codes (`GraphWeight`).
+    A float W is stored transposed, (K, N), so that the graph has MatMul(x, initializer):
+    the pattern onnxruntime's own weight quantizers (MatMulNBitsQuantizer) look for."""
 
     def __init__(self, weight: Tensor | GraphWeight, bias: Tensor | None):
         super().__init__()
         if isinstance(weight, GraphWeight):
             self.source = weight
         else:
-            self.register_buffer("weight", weight.detach().reshape(weight.shape[0], -1).clone())
+            w = weight.detach().reshape(weight.shape[0], -1)
+            self.register_buffer("weight_t", w.t().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight if "source" not in self._modules else self.source()
-        return F.linear(x, w.reshape(w.shape[0], -1), self.bias)
+        if "source" in self._modules:
+            w = self.source()
+            return F.linear(x, w.reshape(w.shape[0], -1), self.bias)
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
 
 
 FALLBACKS = ("dequantize", "error")
@@ -337,9 +376,9 @@ class Lowering:
             return DenseLinear(getattr(module, attr), bias)
         block = matmul_nbits_block(pw)
         if isinstance(block, int):
-            self.table[name] = (f"MatMulNBits bits={pw.spec.bits} block_size={block} "
-                                f"({pw.spec.describe()})")
-            return NBitsLinear(pw, bias, block, self.accuracy_level)
+            linear = NBitsLinear(pw, bias, block, self.accuracy_level)
+            self.table[name] = f"{linear.describe()} ({pw.spec.describe()})"
+            return linear
         if self.fallback == "error":
             raise OnnxExportError(f"layer {name!r} ({pw.spec.describe()}): MatMulNBits cannot "
                                   f"express {block}; export with fallback='dequantize' to "

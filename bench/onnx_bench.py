@@ -1,0 +1,266 @@
+"""ONNX Runtime against our torch models: latency, file size, peak RSS. Prints JSON.
+
+    python bench/onnx_bench.py [--size cpu] [--ckpt models/cpu_synthetic_float.safetensors]
+        [--utterances 8] [--rounds 3] [--threads 2] [--levels 0,4] [--peers rtn,hqq]
+        [--manifest test.jsonl] [--out results.json]
+
+Models, all from one float model (--ckpt, or random weights of --size: latency and size do
+not depend on training):
+  onnx_float32                  our ONNX export of the float model (MatMul)
+  onnx_int4_g128 / onnx_int2_g32 our packed int4 asym g128 / int2 asym g32 files exported:
+                                MatMulNBits over our codes, one row per --levels
+                                accuracy_level (0: float32 compute, 1: float32, 2: float16,
+                                3: bfloat16, 4: int8 activations; what the CPU lacks falls
+                                back inside onnxruntime)
+  ort_<algo>_int4_g128 / _int2_g32  the peer: onnxruntime's own MatMulNBitsQuantizer (rtn =
+                                its default blockwise RTN, hqq, k_quant) run on our float
+                                ONNX, same bits and block size, asymmetric, accuracy level 4
+  torch_float32 / torch_int2_g32 our torch model and our packed torch int2 (unpack per call)
+Latency: per utterance (batch of one: log-probs only, no decoding), the models taking turns on
+every utterance, --rounds rounds, median; intra_op_num_threads = torch threads = --threads.
+Peak RSS: a fresh process per model that imports onnxruntime, creates the session and runs
+one utterance (VmHWM, reset after the imports). The targets of issue 11 are checked at the
+end (`targets`): int2/int4 latency <= 1.0x onnx_float32 at the CPU size and <= 0.7x at L,
+int2 L file <= 1/13 of float32, int2 L session peak RSS <= 1/5 of float32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from asrquant.data.tokenizer import CharTokenizer
+from asrquant.export import export_packed, load_quantized
+from asrquant.export.onnx import export_onnx, set_accuracy_level
+from asrquant.io import atomic_write_json
+from asrquant.lightning.module import ASRModule
+from asrquant.models.sizes import size_config
+from asrquant.quant import QuantRecipe, QuantSpec
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("packed_bench", HERE / "packed_bench.py")
+packed_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(packed_bench)
+
+RECIPES = {"int4_g128": (4, 128), "int2_g32": (2, 32)}
+PEER_ALGOS = ("rtn", "hqq", "k_quant")
+
+_PEAK = """
+import sys
+import numpy as np
+import onnxruntime as ort
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS (VmHWM) reset to the current RSS: imports do not count
+base = status_kb("VmRSS")
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+audio = np.load(sys.argv[3])
+session.run(None, {"audio": audio[None], "audio_lens": np.array([audio.size], np.int64)})
+print(base * 1024, (status_kb("VmHWM") - base) * 1024)
+"""
+
+
+def session(path: Path, threads: int):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def peak_rss(path: Path, threads: int, audio_npy: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(threads), str(audio_npy)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return {"rss_after_imports_bytes": int(out[-2]), "peak_rss_growth_bytes": int(out[-1])}
+
+
+def with_level(src: Path, level: int, dst: Path) -> Path:
+    model = onnx.load(str(src))
+    set_accuracy_level(model, level)
+    onnx.save_model(model, str(dst))
+    return dst
+
+
+def peer_quantize(float_onnx: Path, algo: str, bits: int, block: int, dst: Path) -> Path:
+    """onnxruntime's MatMulNBitsQuantizer on our float ONNX (every MatMul on a weight but the
+    mel filterbank), asymmetric, accuracy_level 4, saved to `dst`."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+
+    common = dict(block_size=block, bits=bits)
+    if algo == "rtn":
+        config = mq.DefaultWeightOnlyQuantConfig(is_symmetric=False, accuracy_level=4,
+                                                 **common)
+    elif algo == "hqq":
+        config = mq.HQQWeightOnlyQuantConfig(**common)
+    elif algo == "k_quant":
+        config = mq.KQuantWeightOnlyQuantConfig()
+    else:
+        raise ValueError(f"peer algo {algo!r} is invalid; allowed: {list(PEER_ALGOS)}")
+    quantizer = mq.MatMulNBitsQuantizer(onnx.load(str(float_onnx)), algo_config=config,
+                                        nodes_to_exclude=["mel_fb"], accuracy_level=4,
+                                        **common)
+    quantizer.process()
+    model = quantizer.model.model
+    model.ir_version = min(model.ir_version, 10)
+    set_accuracy_level(model, 4)
+    onnx.save_model(model, str(dst))
+    return dst
+
+
+def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int) -> dict:
+    """Median ms per utterance; every model runs each utterance in turn, `rounds` times."""
+    feeds = [{"audio": a.numpy()[None], "audio_lens": np.array([a.numel()], np.int64)}
+             for a in audio]
+    times = {name: [] for name in [*sessions, *torch_models]}
+    with torch.inference_mode():
+        for s in sessions.values():
+            s.run(None, feeds[0])  # warm-up
+        for m in torch_models.values():
+            m(audio[0][None], torch.tensor([audio[0].numel()]))
+        for _ in range(rounds):
+            for a, feed in zip(audio, feeds, strict=True):
+                for name, s in sessions.items():
+                    t0 = time.perf_counter()
+                    s.run(None, feed)
+                    times[name].append(1000 * (time.perf_counter() - t0))
+                for name, m in torch_models.items():
+                    t0 = time.perf_counter()
+                    m(a[None], torch.tensor([a.numel()]))
+                    times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def float_ckpt(args) -> dict:
+    if args.ckpt:
+        m = load_quantized(args.ckpt)
+        return {"state_dict": m.state_dict(), "model_config": m.hparams["model_config"],
+                "tokenizer_state": m.tokenizer.to_state()}
+    tok = CharTokenizer()
+    cfg = size_config(args.size, tok.vocab_size)
+    m = ASRModule(cfg, tok)
+    return {"state_dict": m.state_dict(), "model_config": cfg.to_dict(),
+            "tokenizer_state": tok.to_state()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="cpu")
+    ap.add_argument("--ckpt", default=None, help="a float .safetensors (default: random)")
+    ap.add_argument("--utterances", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--levels", default="0,4", help="MatMulNBits accuracy levels to time")
+    ap.add_argument("--peers", default="rtn,hqq", help=f"subset of {','.join(PEER_ALGOS)}, or ''")
+    ap.add_argument("--manifest", default=None)
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    levels = [int(x) for x in args.levels.split(",") if x != ""]
+    peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in PEER_ALGOS:
+            sys.exit(f"--peers {p!r} is invalid; allowed: {', '.join(PEER_ALGOS)}")
+    try:
+        audio, timed = packed_bench.utterances(args.utterances, args.manifest)
+    except packed_bench.NoAudioError as e:
+        sys.exit(str(e))
+    ckpt = float_ckpt(args)
+    results = {"size": args.size, "ckpt": args.ckpt, "threads": args.threads,
+               "rounds": args.rounds, "audio": timed, "levels": levels,
+               "onnxruntime": ort.__version__, "torch": torch.__version__,
+               "machine": platform.machine(), "cpu_count": os.cpu_count(), "models": {}}
+    models = results["models"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "audio.npy", audio[0].numpy())
+        files, torch_models = {}, {}
+        for name, recipe in [("float32", None),
+                             *[(n, QuantRecipe(QuantSpec(bits=b, group_size=g), name=n))
+                               for n, (b, g) in RECIPES.items()]]:
+            packed = tmp / f"{name}.safetensors"
+            export_packed(ckpt, recipe, packed)
+            t0 = time.perf_counter()
+            onnx_path = tmp / f"{name}.onnx"
+            export_onnx(packed, onnx_path)
+            export_s = time.perf_counter() - t0
+            if name == "float32":
+                files["onnx_float32"] = onnx_path
+                torch_models["torch_float32"] = load_quantized(packed).model
+            else:
+                for level in levels:
+                    files[f"onnx_{name}_level{level}"] = with_level(
+                        onnx_path, level, tmp / f"{name}_l{level}.onnx")
+                if name == "int2_g32":
+                    torch_models["torch_int2_g32"] = load_quantized(packed).model
+            models.setdefault(f"safetensors_{name}", {})["file_bytes"] = packed.stat().st_size
+            models[f"safetensors_{name}"]["onnx_export_s"] = round(export_s, 1)
+        for algo in peers:
+            for name, (bits, block) in RECIPES.items():
+                try:
+                    files[f"ort_{algo}_{name}"] = peer_quantize(
+                        files["onnx_float32"], algo, bits, block, tmp / f"ort_{algo}_{name}.onnx")
+                except Exception as e:  # a peer that fails is reported, not hidden
+                    models[f"ort_{algo}_{name}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        sessions = {name: session(path, args.threads) for name, path in files.items()}
+        for name, path in files.items():
+            models.setdefault(name, {})["file_bytes"] = path.stat().st_size
+            if not args.no_rss:
+                models[name].update(peak_rss(path, args.threads, tmp / "audio.npy"))
+        for name, ms in onnx_latencies(sessions, torch_models, audio, args.rounds).items():
+            models.setdefault(name, {})["latency_ms_median"] = round(ms, 3)
+    base = models["onnx_float32"]
+    for m in models.values():
+        if "latency_ms_median" in m:
+            m["latency_vs_onnx_float32"] = round(m["latency_ms_median"]
+                                                 / base["latency_ms_median"], 3)
+        if "file_bytes" in m:
+            m["file_vs_onnx_float32"] = round(m["file_bytes"] / base["file_bytes"], 4)
+        if "peak_rss_growth_bytes" in m and "peak_rss_growth_bytes" in base:
+            m["peak_rss_vs_onnx_float32"] = round(m["peak_rss_growth_bytes"]
+                                                  / base["peak_rss_growth_bytes"], 3)
+    limit = 1.0 if args.size == "cpu" else 0.7
+    targets = {}
+    for name in RECIPES:
+        best = min((models[f"onnx_{name}_level{lv}"]["latency_vs_onnx_float32"], lv)
+                   for lv in levels)
+        targets[f"{name}_latency_at_most_{limit}x_float32"] = {
+            "met": best[0] <= limit, "best_ratio": best[0], "at_level": best[1]}
+    if args.size != "cpu":
+        i2 = models[f"onnx_int2_g32_level{levels[0]}"]
+        targets["int2_file_at_most_1/13_float32"] = {
+            "met": i2["file_vs_onnx_float32"] <= 1 / 13, "ratio": i2["file_vs_onnx_float32"]}
+        if "peak_rss_vs_onnx_float32" in i2:
+            ratios = [models[f"onnx_int2_g32_level{lv}"]["peak_rss_vs_onnx_float32"]
+                      for lv in levels]
+            targets["int2_peak_rss_at_most_1/5_float32"] = {
+                "met": max(ratios) <= 0.2, "ratio_per_level": dict(zip(levels, ratios,
+                                                                       strict=True))}
+    results["targets"] = targets
+    if args.out:
+        atomic_write_json(args.out, results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
