@@ -52,12 +52,20 @@ from asrquant.models.sizes import size_config
 from asrquant.quant import QuantRecipe, QuantSpec
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("packed_bench", HERE / "packed_bench.py")
-packed_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(packed_bench)
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+packed_bench = _bench_module("packed_bench")  # the timed audio
+peer_quantize = _bench_module("onnx_peers").peer_quantize
 
 RECIPES = {"int4_g128": (4, 128), "int2_g32": (2, 32)}
-PEER_ALGOS = ("rtn", "hqq", "k_quant")
+PEER_ALGOS = ("rtn", "hqq", "k_quant")  # bench/onnx_peers.py
 
 _PEAK = """
 import sys
@@ -96,32 +104,6 @@ def peak_rss(path: Path, threads: int, audio_npy: Path) -> dict:
 def with_level(src: Path, level: int, dst: Path) -> Path:
     model = onnx.load(str(src))
     set_accuracy_level(model, level)
-    onnx.save_model(model, str(dst))
-    return dst
-
-
-def peer_quantize(float_onnx: Path, algo: str, bits: int, block: int, dst: Path) -> Path:
-    """onnxruntime's MatMulNBitsQuantizer on our float ONNX (every MatMul on a weight but the
-    mel filterbank), asymmetric, accuracy_level 4, saved to `dst`."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as mq
-
-    common = dict(block_size=block, bits=bits)
-    if algo == "rtn":
-        config = mq.DefaultWeightOnlyQuantConfig(is_symmetric=False, accuracy_level=4,
-                                                 **common)
-    elif algo == "hqq":
-        config = mq.HQQWeightOnlyQuantConfig(**common)
-    elif algo == "k_quant":
-        config = mq.KQuantWeightOnlyQuantConfig()
-    else:
-        raise ValueError(f"peer algo {algo!r} is invalid; allowed: {list(PEER_ALGOS)}")
-    quantizer = mq.MatMulNBitsQuantizer(onnx.load(str(float_onnx)), algo_config=config,
-                                        nodes_to_exclude=["mel_fb"], accuracy_level=4,
-                                        **common)
-    quantizer.process()
-    model = quantizer.model.model
-    model.ir_version = min(model.ir_version, 10)
-    set_accuracy_level(model, 4)
     onnx.save_model(model, str(dst))
     return dst
 
