@@ -39,13 +39,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import export_packed, load_quantized
-from asrquant.export.onnx import export_onnx, set_accuracy_level
+from asrquant.export.onnx import export_onnx
 from asrquant.io import atomic_write_json
 from asrquant.lightning.module import ASRModule
 from asrquant.models.sizes import size_config
@@ -99,13 +98,6 @@ def peak_rss(path: Path, threads: int, audio_npy: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(threads), str(audio_npy)],
                          check=True, capture_output=True, text=True).stdout.split()
     return {"rss_after_imports_bytes": int(out[-2]), "peak_rss_growth_bytes": int(out[-1])}
-
-
-def with_level(src: Path, level: int, dst: Path) -> Path:
-    model = onnx.load(str(src))
-    set_accuracy_level(model, level)
-    onnx.save_model(model, str(dst))
-    return dst
 
 
 def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int) -> dict:
@@ -183,20 +175,19 @@ def main():
             packed = tmp / f"{name}.safetensors"
             export_packed(ckpt, recipe, packed)
             t0 = time.perf_counter()
-            onnx_path = tmp / f"{name}.onnx"
-            export_onnx(packed, onnx_path)
-            export_s = time.perf_counter() - t0
             if name == "float32":
-                files["onnx_float32"] = onnx_path
+                files["onnx_float32"] = tmp / "float32.onnx"
+                export_onnx(packed, files["onnx_float32"])
                 torch_models["torch_float32"] = load_quantized(packed).model
-            else:
+            else:  # exported per level: level 0 files hold float32 zero points, the others uint8
                 for level in levels:
-                    files[f"onnx_{name}_level{level}"] = with_level(
-                        onnx_path, level, tmp / f"{name}_l{level}.onnx")
+                    files[f"onnx_{name}_level{level}"] = tmp / f"{name}_l{level}.onnx"
+                    export_onnx(packed, files[f"onnx_{name}_level{level}"],
+                                accuracy_level=level)
                 if name == "int2_g32":
                     torch_models["torch_int2_g32"] = load_quantized(packed).model
             models.setdefault(f"safetensors_{name}", {})["file_bytes"] = packed.stat().st_size
-            models[f"safetensors_{name}"]["onnx_export_s"] = round(export_s, 1)
+            models[f"safetensors_{name}"]["onnx_export_s"] = round(time.perf_counter() - t0, 1)
         for algo in peers:
             for name, (bits, block) in RECIPES.items():
                 try:

@@ -235,3 +235,24 @@ def test_transcribe_cli_gives_the_same_lines_from_onnx_and_safetensors(exported,
     assert got[0] == got[1] and [line.split("\t")[0] for line in got[0]] == paths
     with pytest.raises(ValueError, match=r"suffix '\.pt'; allowed: \.safetensors, \.onnx"):
         main([str(tmp_path / "model.pt"), *paths])
+
+
+def test_level_4_export_holds_uint8_zero_points_and_stays_close(exported, tmp_path):
+    """accuracy_level 4 (int8 activations) needs uint8 zero points: exported as such; a level
+    0 file (float32 zero points) refuses level 4 rather than silently running float32."""
+    packed_path, info = exported["int2_asym_g32"]
+    path = tmp_path / "l4.onnx"
+    export_onnx(packed_path, path, accuracy_level=4)
+    meta = onnx_metadata(path)
+    assert (meta["accuracy_level"], meta["zero_points"]) == ("4", "uint8")
+    assert onnx_metadata(info["path"])["zero_points"] == "float32"
+    nodes = [n for n in onnx.load(path).graph.node if n.op_type == "MatMulNBits"]
+    inits = {i.name: i for i in onnx.load(path).graph.initializer}
+    assert nodes and all(inits[n.input[3]].data_type == onnx.TensorProto.UINT8 for n in nodes)
+    packed = load_quantized(packed_path)
+    with torch.no_grad():
+        ref, lens = packed.model(AUDIO, LENS)
+        out, _ = load_onnx(path, threads=1).model(AUDIO, LENS)
+    assert 0 < valid_max_diff(out, ref, lens) < 0.05  # int8 activations: close, not exact
+    with pytest.raises(ValueError, match="exported for accuracy_level 0, with float32 zero"):
+        load_onnx(info["path"], accuracy_level=4)

@@ -72,6 +72,8 @@ def export_onnx(model_file: str | os.PathLike, out: str | os.PathLike,
     info = {"format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION,
             "model_config": meta["model_config"], "tokenizer_state": meta["tokenizer_state"],
             "recipe": meta["recipe"], "lowering": json.dumps(graph.lowering),
+            "accuracy_level": str(accuracy_level),
+            "zero_points": "float32" if graph.float_zero_points else "uint8",
             "source": Path(model_file).name}
     del proto.metadata_props[:]
     for key, value in info.items():
@@ -198,15 +200,29 @@ class OnnxRuntimeCTC(nn.Module):
 
 
 def set_accuracy_level(model, level: int) -> int:
-    """Set every MatMulNBits node's accuracy_level in an ONNX ModelProto; returns how many."""
+    """Set every MatMulNBits node's accuracy_level in an ONNX ModelProto; returns how many.
+
+    Our files exported for level 0 hold float32 zero points (onnxruntime's exact float path;
+    8-bit layers excepted): such a file stays at level 0, and another level means exporting
+    again; files exported for levels 1-4 (packed uint8 zero points) take any level."""
     if level not in (0, 1, 2, 3, 4):
         raise ValueError(f"accuracy_level={level!r} is invalid; allowed: 0, 1, 2, 3, 4")
+    meta = {p.key: p.value for p in model.metadata_props}
+    exported = meta.get("accuracy_level")
+    if meta.get("zero_points") == "float32" and level != 0:
+        raise ValueError(
+            f"accuracy_level={level} is invalid for this file: it was exported for "
+            f"accuracy_level {exported}, with float32 zero points (onnxruntime's exact float "
+            f"path); allowed: 0, or export it again with onnx.accuracy_level={level}")
     count = 0
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
-            for attr in node.attribute:
-                if attr.name == "accuracy_level":
-                    attr.i = level
+            attrs = [a for a in node.attribute if a.name == "accuracy_level"]
+            if attrs:
+                attrs[0].i = level
+            else:
+                node.attribute.add().CopyFrom(
+                    require("onnx").helper.make_attribute("accuracy_level", level))
             count += 1
     return count
 

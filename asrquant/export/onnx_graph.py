@@ -57,7 +57,8 @@ def matmul_nbits(x: Tensor, qweight: Tensor, scales: Tensor, zero_points: Tensor
                  N: int, bits: int, block_size: int, accuracy_level: int) -> Tensor:
     """x (..., K) @ W^T with W (N, K) held as MatMulNBits holds it: qweight (N, n_blocks,
     block_size * bits / 8) uint8, scales (N * n_blocks,) float32, zero_points packed uint8
-    (N * ceil(n_blocks * bits / 8),). Reference for eager mode: decode, then matmul."""
+    (N * ceil(n_blocks * bits / 8),) or float32 (N * n_blocks,); either way
+    W = (q - zero_point) * scale. Reference for eager mode: decode, then matmul."""
     w = dequantize_matmul_nbits(qweight, scales, zero_points, K, N, bits, block_size)
     return x @ w.t()
 
@@ -72,8 +73,11 @@ def dequantize_matmul_nbits(qweight: Tensor, scales: Tensor, zero_points: Tensor
     """(N, K) float32 weight of MatMulNBits's inputs: (q - zero_point) * scale per block."""
     n_blocks = qweight.shape[1]
     q = unpack(qweight.reshape(-1), bits, N * n_blocks * block_size).reshape(N, n_blocks, -1)
-    zp_row = packed_nbytes(n_blocks, bits)
-    zp = unpack_rows(zero_points.reshape(N, zp_row), bits, n_blocks)
+    if zero_points.dtype == torch.uint8:
+        zp_row = packed_nbytes(n_blocks, bits)
+        zp = unpack_rows(zero_points.reshape(N, zp_row), bits, n_blocks)
+    else:
+        zp = zero_points.reshape(N, n_blocks)
     w = (q.to(torch.float32) - zp.to(torch.float32).unsqueeze(-1)) * scales.reshape(
         N, n_blocks, 1)
     return w.reshape(N, -1)[:, :K]
@@ -122,7 +126,7 @@ def _matmul_nbits_schema():
                 param("zero_points", "T3", param_option=optional)],
         outputs=[param("Y", "T1")],
         type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], ""),
-                          ("T3", ["tensor(uint8)"], "")],
+                          ("T3", ["tensor(uint8)", "tensor(float)"], "")],
         attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "")
                     for a in ("K", "N", "bits", "block_size", "accuracy_level")])
 
@@ -213,6 +217,28 @@ def integer_offsets(pw: PackedWeight) -> Tensor:
     return zp.to(torch.float32).to(torch.uint8)  # integers in [0, 2^bits - 1]
 
 
+class GraphOffsets(nn.Module):
+    """float32 (rows, n_groups) offsets of a packed weight: its zero points from what the
+    file stores (float16, uint8, or packed codes), or qmax for a symmetric grid."""
+
+    def __init__(self, pw: PackedWeight):
+        super().__init__()
+        self.spec, self.layout = pw.spec, group_layout(pw.shape, pw.spec)
+        zp = pw.zero_point
+        if zp is not None and pw.spec.zero_point_dtype == "packed":
+            zp = pad_to_chunks(zp, pw.spec.bits)
+        self.register_buffer("zero_point", zp)
+
+    def forward(self) -> Tensor:
+        lay, spec = self.layout, self.spec
+        if self.zero_point is None:
+            return torch.full((lay.rows, lay.n_groups), float(-spec.qmin))
+        if spec.zero_point_dtype == "packed":
+            codes = unpack_graph(self.zero_point, spec.bits, lay.rows * lay.n_groups)
+            return codes.reshape(lay.rows, lay.n_groups).to(torch.float32)
+        return self.zero_point.to(torch.float32)
+
+
 class GraphWeight(nn.Module):
     """A packed weight kept as our codes and decoded in the graph to the float32 tensor that
     `PackedWeight.forward` gives: (u - offset) * scale, the same float32 operations."""
@@ -224,20 +250,8 @@ class GraphWeight(nn.Module):
         self.spec, self.shape = pw.spec, pw.shape
         self.layout = group_layout(pw.shape, pw.spec)
         self.scales = GraphScales(pw)
+        self.offsets = GraphOffsets(pw)
         self.register_buffer("packed", pad_to_chunks(pw.packed, pw.spec.bits))
-        zp = pw.zero_point
-        if zp is not None and pw.spec.zero_point_dtype == "packed":
-            zp = pad_to_chunks(zp, pw.spec.bits)
-        self.register_buffer("zero_point", zp)
-
-    def offsets(self) -> Tensor:
-        lay, spec = self.layout, self.spec
-        if self.zero_point is None:
-            return torch.full((lay.rows, lay.n_groups), float(-spec.qmin))
-        if spec.zero_point_dtype == "packed":
-            codes = unpack_graph(self.zero_point, spec.bits, lay.rows * lay.n_groups)
-            return codes.reshape(lay.rows, lay.n_groups).to(torch.float32)
-        return self.zero_point.to(torch.float32)
 
     def forward(self) -> Tensor:
         lay = self.layout
@@ -278,13 +292,20 @@ class NBitsLinear(nn.Module):
     grids: qmax). The op's blocks are all one size, so when K is not a multiple of it (K=144,
     groups of 128: a short last group of 16) the row is split in two nodes, the full blocks
     and the tail (its own power-of-two block), whose outputs are added: no padding to a
-    whole block in the file. Scales come from `GraphScales` (stored dtype in the file)."""
+    whole block in the file. Scales come from `GraphScales` (stored dtype in the file).
+
+    Zero points: at accuracy_level 0 float32, decoded in the graph from the stored ones
+    (`GraphOffsets`): onnxruntime then takes its float path, exact and several times faster
+    than with uint8 zero points at level 0. At levels 1-4, and for 8 bits (whose CPU kernel
+    refuses float zero points), packed uint8 per row (stored as such): what the
+    int8-activation kernels (level 4) need."""
 
     def __init__(self, pw: PackedWeight, bias: Tensor | None, block: int, accuracy_level: int):
         super().__init__()
         spec, lay = pw.spec, group_layout(pw.shape, pw.spec)
         self.K, self.N, self.bits = lay.row_len, lay.rows, spec.bits
         self.accuracy_level = accuracy_level
+        self.float_zero_points = accuracy_level == 0 and spec.bits != 8
         codes = unpack(pw.packed, spec.bits, pw.shape.numel()).reshape(self.N, self.K)
         offsets = integer_offsets(pw)  # (N, n_groups)
         full = self.K // block
@@ -304,9 +325,11 @@ class NBitsLinear(nn.Module):
             part = F.pad(codes[:, k0:k1], (0, n_blocks * blk - (k1 - k0)))
             self.register_buffer(f"qweight{i}", pack_rows(part, spec.bits).reshape(
                 self.N, n_blocks, blk * spec.bits // 8))
-            zp = offsets[:, c0:c0 + cols].repeat_interleave(rep, dim=1)
-            self.register_buffer(f"zero_points{i}", pack_rows(zp, spec.bits).reshape(-1))
+            if not self.float_zero_points:
+                zp = offsets[:, c0:c0 + cols].repeat_interleave(rep, dim=1)
+                self.register_buffer(f"zero_points{i}", pack_rows(zp, spec.bits).reshape(-1))
         self.scales = GraphScales(pw)
+        self.offsets = GraphOffsets(pw) if self.float_zero_points else None
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def describe(self) -> str:
@@ -315,16 +338,21 @@ class NBitsLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         scales = self.scales()
+        offsets = None if self.offsets is None else self.offsets()
         y = None
         for i, (k0, k1, blk, c0, cols, rep) in enumerate(self.parts):
             s = scales[:, c0:c0 + cols]
             if rep > 1:
                 s = s.repeat_interleave(rep, dim=1)
+            if offsets is None:
+                zp = getattr(self, f"zero_points{i}")
+            else:
+                zp = offsets[:, c0:c0 + cols]
+                zp = (zp.repeat_interleave(rep, dim=1) if rep > 1 else zp).reshape(-1)
             xi = x if (k0, k1) == (0, self.K) else x[..., k0:k1]
             yi = torch.ops.asrquant.matmul_nbits(
-                xi, getattr(self, f"qweight{i}"), s.reshape(-1),
-                getattr(self, f"zero_points{i}"), k1 - k0, self.N, self.bits, blk,
-                self.accuracy_level)
+                xi, getattr(self, f"qweight{i}"), s.reshape(-1), zp, k1 - k0, self.N,
+                self.bits, blk, self.accuracy_level)
             y = yi if y is None else y + yi
         return y if self.bias is None else y + self.bias
 
@@ -365,6 +393,7 @@ class Lowering:
                              "(MatMulNBits: 0 = float32 compute, 4 = int8 activations)")
         self.accuracy_level, self.fallback = accuracy_level, fallback
         self.table: dict[str, str] = {}
+        self.float_zero_points = False  # any MatMulNBits node with float32 zero points
 
     def linear(self, name: str, module: nn.Module, attr: str = "weight",
                bias: Tensor | None = None) -> nn.Module:
@@ -377,6 +406,7 @@ class Lowering:
         block = matmul_nbits_block(pw)
         if isinstance(block, int):
             linear = NBitsLinear(pw, bias, block, self.accuracy_level)
+            self.float_zero_points |= linear.float_zero_points
             self.table[name] = f"{linear.describe()} ({pw.spec.describe()})"
             return linear
         if self.fallback == "error":
@@ -492,6 +522,7 @@ class OnnxGraph(nn.Module):
             for i, layer in enumerate(model.encoder.conformer_layers))
         self.ctc_head = low.linear("ctc_head", model.ctc_head)
         self.lowering = dict(low.table)
+        self.float_zero_points = low.float_zero_points
 
     def dft_basis(self) -> Tensor:
         """(2F, 1, N_FFT): windowed cos and -sin rows of the one-sided DFT, F = N_FFT/2 + 1;

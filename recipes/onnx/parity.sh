@@ -43,20 +43,19 @@ for r in float int8 int4_asym_g128 int2_asym_g32 mixed_attn4_rest2 qat_int2_asym
   [[ -f $packed ]] || packed=$OUT/$r/model.safetensors
   [[ -f $packed ]] || { echo "   $r: no packed file, skipped"; continue; }
   echo "== $r"
-  $BIN/asrquant-export packed="$(q "$packed")" format=onnx hydra.run.dir="$(q "$OUT/onnx/$r")" \
-    > /dev/null
   $BIN/asrquant-eval "${EVAL[@]}" packed="$(q "$packed")" hydra.run.dir="$(q "$OUT/eval/$r/packed")" \
     > "$OUT/eval_$r.log" 2>&1
   levels=(0); [[ $r == float ]] || levels=(0 4)
-  for level in "${levels[@]}"; do
-    $BIN/asrquant-eval "${EVAL[@]}" onnx="$(q "$OUT/onnx/$r/model.onnx")" \
-      onnx_accuracy_level=$level hydra.run.dir="$(q "$OUT/eval/$r/onnx$level")" \
-      >> "$OUT/eval_$r.log" 2>&1
+  for level in "${levels[@]}"; do  # one file per level: level 0 holds float32 zero points
+    $BIN/asrquant-export packed="$(q "$packed")" format=onnx onnx.accuracy_level=$level \
+      hydra.run.dir="$(q "$OUT/onnx/$r/level$level")" > /dev/null
+    $BIN/asrquant-eval "${EVAL[@]}" onnx="$(q "$OUT/onnx/$r/level$level/model.onnx")" \
+      hydra.run.dir="$(q "$OUT/eval/$r/onnx$level")" >> "$OUT/eval_$r.log" 2>&1
   done
 done
 if [[ -n $PEERS ]]; then
   echo "== peers: onnxruntime MatMulNBitsQuantizer ($PEERS) on the float ONNX"
-  $BIN/python bench/onnx_peers.py "$OUT/onnx/float/model.onnx" "$OUT/peers" --algos "$PEERS" \
+  $BIN/python bench/onnx_peers.py "$OUT/onnx/float/level0/model.onnx" "$OUT/peers" --algos "$PEERS" \
     | tee "$OUT/peers.jsonl"
   for f in "$OUT"/peers/*.onnx; do
     name=$(basename "$f" .onnx)
