@@ -128,6 +128,28 @@ def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int) -> di
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def op_profile(path: Path, threads: int, audio, top: int = 8) -> dict:
+    """Share of kernel time per op type (onnxruntime's profiler) over the timed utterances:
+    where the time goes."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for a in audio:
+            s.run(None, {"audio": a.numpy()[None], "audio_lens": np.array([a.numel()])})
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"]
+    total = sum(per_op.values()) or 1.0
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return {op: round(us / total, 3) for op, us in ranked}
+
+
 def float_ckpt(args) -> dict:
     if args.ckpt:
         m = load_quantized(args.ckpt)
@@ -207,6 +229,10 @@ def main():
                 models[name].update(peak_rss(path, args.threads, tmp / "audio.npy"))
         for name, ms in onnx_latencies(sessions, torch_models, audio, args.rounds).items():
             models.setdefault(name, {})["latency_ms_median"] = round(ms, 3)
+        del sessions
+        for name in ("onnx_float32", *[f"onnx_{r}_level{lv}" for r in RECIPES
+                                        for lv in levels]):
+            models[name]["op_time_share"] = op_profile(files[name], args.threads, audio)
     base = models["onnx_float32"]
     for m in models.values():
         if "latency_ms_median" in m:
