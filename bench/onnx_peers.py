@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def main():
     ap.add_argument("--algos", default="rtn,hqq")
     ap.add_argument("--recipes", default="int4_g128,int2_g32")
     args = ap.parse_args()
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line per layer
     for algo in args.algos.split(","):
         for name in args.recipes.split(","):
             if name not in RECIPES:
