@@ -76,8 +76,8 @@ def validate_config(cfg, kind: str):
     if kind == "eval":
         given = [f"{k}={cfg[k]!r}" for k in ("ckpt", "packed", "onnx") if cfg.get(k)]
         if len(given) > 1:
-            raise ValueError(f"{' and '.join(given)} are all set; allowed: one of ckpt, "
-                             "packed, onnx")
+            raise ValueError(f"{' and '.join(given)} are {'both' if len(given) == 2 else 'all'}"
+                             " set; allowed: one of ckpt, packed, onnx")
         level = cfg.get("onnx_accuracy_level")
         if level is not None and level not in (0, 1, 2, 3, 4):
             raise ValueError(f"onnx_accuracy_level={level!r} is invalid; allowed: null (as "

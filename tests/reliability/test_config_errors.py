@@ -99,7 +99,9 @@ def test_bad_value_is_one_error_naming_key_value_and_allowed(cfg_of, overrides, 
 @pytest.mark.parametrize("overrides, message", QUANT_CASES[:4] + [
     (["ckpt=/nonexistent/x.ckpt"], "ckpt='/nonexistent/x.ckpt' is not a file"),
     ([], "ckpt is missing: pass ckpt=/path/to/checkpoint.ckpt (or "
-         "packed=/path/to/model.safetensors)"),
+         "packed=/path/to/model.safetensors, or onnx=/path/to/model.onnx)"),
+    (["onnx_accuracy_level=5"], "onnx_accuracy_level=5 is invalid; allowed: null (as exported), "
+                                "0, 1, 2, 3, 4"),
 ], ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_eval_config_is_checked_the_same_way(cfg_of, overrides, message, tmp_path):
     ckpt = tmp_path / "x.ckpt"
@@ -111,11 +113,14 @@ def test_eval_config_is_checked_the_same_way(cfg_of, overrides, message, tmp_pat
 
 
 def test_ckpt_and_packed_together_is_refused(cfg_of, tmp_path):
-    for name in ("x.ckpt", "m.safetensors"):
+    for name in ("x.ckpt", "m.safetensors", "m.onnx"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(ValueError, match="are both set; allowed: one of them"):
-        validate_config(cfg_of("eval", [f"ckpt={tmp_path / 'x.ckpt'}",
-                                         f"packed={tmp_path / 'm.safetensors'}"]), "eval")
+    ckpt, packed, onnx = (f"ckpt={tmp_path / 'x.ckpt'}", f"packed={tmp_path / 'm.safetensors'}",
+                          f"onnx={tmp_path / 'm.onnx'}")
+    for given, word in (([ckpt, packed], "both"), ([packed, onnx], "both"),
+                        ([ckpt, packed, onnx], "all")):
+        with pytest.raises(ValueError, match=f"are {word} set; allowed: one of ckpt, packed, onnx"):
+            validate_config(cfg_of("eval", given), "eval")
 
 
 @pytest.mark.parametrize("overrides, group, option", [
