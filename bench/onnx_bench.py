@@ -2,7 +2,7 @@
 
     python bench/onnx_bench.py [--size cpu] [--ckpt models/cpu_synthetic_float.safetensors]
         [--utterances 8] [--rounds 3] [--threads 2] [--levels 0,4] [--peers rtn,hqq]
-        [--manifest test.jsonl] [--out results.json]
+        [--manifest test.jsonl] [--out results.json] [--workdir DIR [--export-only]]
 
 Models, all from one float model (--ckpt, or random weights of --size: latency and size do
 not depend on training):
@@ -28,6 +28,7 @@ int2 L file <= 1/13 of float32, int2 L session peak RSS <= 1/5 of float32's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -173,6 +174,10 @@ def main():
     ap.add_argument("--peers", default="rtn,hqq", help=f"subset of {','.join(PEER_ALGOS)}, or ''")
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the exported files here and reuse them (default: a temp folder)")
+    ap.add_argument("--export-only", action="store_true",
+                    help="write the files into --workdir and stop (time them in a later run)")
     ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,36 +197,47 @@ def main():
                "onnxruntime": ort.__version__, "torch": torch.__version__,
                "machine": platform.machine(), "cpu_count": os.cpu_count(), "models": {}}
     models = results["models"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.workdir:  # files kept, and reused when present (same seed: same weights)
+            tmp = Path(args.workdir)
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         np.save(tmp / "audio.npy", audio[0].numpy())
         files, torch_models = {}, {}
         for name, recipe in [("float32", None),
                              *[(n, QuantRecipe(QuantSpec(**fields), name=n))
                                for n, fields in RECIPES.items()]]:
             packed = tmp / f"{name}.safetensors"
-            export_packed(ckpt, recipe, packed)
+            if not packed.is_file():
+                export_packed(ckpt, recipe, packed)
             t0 = time.perf_counter()
             if name == "float32":
                 files["onnx_float32"] = tmp / "float32.onnx"
-                export_onnx(packed, files["onnx_float32"])
+                if not files["onnx_float32"].is_file():
+                    export_onnx(packed, files["onnx_float32"])
                 torch_models["torch_float32"] = load_quantized(packed).model
             else:  # exported per level: level 0 files hold float32 zero points, the others uint8
                 for level in levels:
                     files[f"onnx_{name}_level{level}"] = tmp / f"{name}_l{level}.onnx"
-                    export_onnx(packed, files[f"onnx_{name}_level{level}"],
-                                accuracy_level=level)
+                    if not files[f"onnx_{name}_level{level}"].is_file():
+                        export_onnx(packed, files[f"onnx_{name}_level{level}"],
+                                    accuracy_level=level)
                 if name == "int2_g32":
                     torch_models["torch_int2_g32"] = load_quantized(packed).model
             models.setdefault(f"safetensors_{name}", {})["file_bytes"] = packed.stat().st_size
             models[f"safetensors_{name}"]["onnx_export_s"] = round(time.perf_counter() - t0, 1)
         for algo in peers:
             for name, (bits, block) in PEER_RECIPES.items():
+                dst = tmp / f"ort_{algo}_{name}.onnx"
                 try:
-                    files[f"ort_{algo}_{name}"] = peer_quantize(
-                        files["onnx_float32"], algo, bits, block, tmp / f"ort_{algo}_{name}.onnx")
+                    files[f"ort_{algo}_{name}"] = dst if dst.is_file() else peer_quantize(
+                        files["onnx_float32"], algo, bits, block, dst)
                 except Exception as e:  # a peer that fails is reported, not hidden
                     models[f"ort_{algo}_{name}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        if args.export_only:
+            print(json.dumps({name: str(path) for name, path in files.items()}, indent=2))
+            return
         sessions = {name: session(path, args.threads) for name, path in files.items()}
         for name, path in files.items():
             models.setdefault(name, {})["file_bytes"] = path.stat().st_size
