@@ -9,7 +9,9 @@
 # (docs/results/onnx/<corpus>), THREADS (2), PEERS (rtn,hqq; empty: none), CKPT (the float
 # model, default models/cpu_<corpus>_float.safetensors) for our like-for-like rows next to
 # the peer: int4 asym g128 and int2 asym g32 on the MatMul weights only (*_matmul recipes),
-# round-to-nearest and GPTQ. Resumable: finished exports and evals are kept.
+# round-to-nearest and GPTQ (MATMUL=0: skipped). MODELS: the study's files to convert (default:
+# float int8 int4_asym_g128 int2_asym_g32 mixed_attn4_rest2 qat_int2_asym_g32
+# qat_int4_asym_g128). Resumable: finished exports and evals are kept.
 # Writes DOCS/parity.md and parity.json: test WER per model of the packed torch file, of the
 # ONNX file at accuracy_level 0 (must be the same transcripts) and 4 (int8 activations), and
 # the file sizes. Needs: pip install 'asrquant[onnx]'.
@@ -42,15 +44,18 @@ if [[ -n $QAT4 && ! -f $OUT/qat_int4_asym_g128/model.safetensors ]]; then
   $BIN/asrquant-export ckpt="$(q "$QAT4/checkpoints/best.ckpt")" \
     hydra.run.dir="$(q "$OUT/qat_int4_asym_g128")" > /dev/null
 fi
+MODELS=${MODELS:-float int8 int4_asym_g128 int2_asym_g32 mixed_attn4_rest2 qat_int2_asym_g32 qat_int4_asym_g128}
+MATMUL=${MATMUL:-1}
 # our recipes on the weights the peer covers, rounded to nearest and with GPTQ
 for r in int4_asym_g128_matmul int2_asym_g32_matmul; do
+  [[ $MATMUL == 1 ]] || break
   for m in rtn gptq; do
     done_run "$OUT/${r}_$m" || $BIN/asrquant-eval "${EVAL[@]}" ckpt="$(q "$CKPT")" quant=$r \
       quant.method=$m export=true hydra.run.dir="$(q "$OUT/${r}_$m")" > "$OUT/ptq_${r}_$m.log" 2>&1
   done
 done
-for r in float int8 int4_asym_g128 int2_asym_g32 mixed_attn4_rest2 qat_int2_asym_g32 \
-         qat_int4_asym_g128 {int4_asym_g128,int2_asym_g32}_matmul_{rtn,gptq}; do
+extra=(); [[ $MATMUL == 1 ]] && extra=({int4_asym_g128,int2_asym_g32}_matmul_{rtn,gptq})
+for r in $MODELS "${extra[@]}"; do
   packed=$STUDY/export/$r/model.safetensors
   [[ -f $packed ]] || packed=$OUT/$r/model.safetensors
   [[ -f $packed ]] || { echo "   $r: no packed file, skipped"; continue; }
