@@ -9,6 +9,9 @@ import torchaudio
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from asrquant.data.tokenizer import CharTokenizer
+from asrquant.lightning.module import ASRModule
+from asrquant.models.sizes import size_config
 from asrquant.quant import QuantSpec, attach_fake_quant, canonical_name, recipe_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "quant"
@@ -35,6 +38,11 @@ def test_each_recipe_file_builds_and_attaches(path):
     assert recipe.name == (path.stem if cfg.get("rules") else canonical_name(recipe.default))
     model = torchaudio.models.Conformer(input_dim=16, num_heads=2, ffn_dim=32, num_layers=1,
                                         depthwise_conv_kernel_size=7)
+    if any("subsampling" in r["pattern"] for r in cfg.get("rules") or []):
+        # a recipe that names our recognizer's front end (the *_matmul ones) attaches to it
+        tok = CharTokenizer()
+        model = ASRModule(size_config("cpu", tok.vocab_size, d_model=16, num_heads=2,
+                                      ffn_dim=32, num_layers=1, subsampling_channels=4), tok)
     report = attach_fake_quant(model, recipe, strict=True)
     assert (report.num_quantized == 0) == (recipe.default is None)
 
