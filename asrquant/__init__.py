@@ -1,5 +1,7 @@
 """asrquant: low-bit quantization (PTQ and QAT) of Conformer speech recognizers."""
 
+from asrquant.io import config_dir, pretrained, pretrained_names
+
 __version__ = "0.1.0"
 
 

@@ -71,6 +71,51 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# Configs and shipped models: the checkout's top-level conf/ and models/ are the source of
+# truth; a built wheel carries them as asrquant/conf and asrquant/checkpoints (pyproject.toml,
+# [tool.setuptools.package-dir]), so an installed asrquant finds them with no checkout.
+_PACKAGE = Path(__file__).resolve().parent
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def _shipped(in_wheel: str, in_checkout: str, marker: str) -> Path:
+    for folder in (_PACKAGE / in_wheel, _PACKAGE.parent / in_checkout):
+        if (folder / marker).is_file():
+            return folder
+    raise FileNotFoundError(f"asrquant's {in_checkout}/ is neither at {_PACKAGE / in_wheel} "
+                            f"(installed wheel) nor at {_PACKAGE.parent / in_checkout} (source "
+                            "checkout): reinstall the package (pip install asrquant)")
+
+
+def config_dir() -> Path:
+    """The folder of the Hydra configs (eval.yaml, quant/, ...)."""
+    return _shipped("conf", "conf", "eval.yaml")
+
+
+def pretrained_names() -> list[str]:
+    """Names of the shipped float models (for `pretrained(name)`)."""
+    return sorted(p.stem for p in _shipped("checkpoints", "models", "README.md").glob(
+        "*.safetensors"))
+
+
+def pretrained(name: str) -> Path:
+    """The file of a shipped float model, e.g. pretrained("cpu_synthetic_float")."""
+    names = pretrained_names()
+    stem = name.removesuffix(".safetensors")
+    if stem not in names:
+        raise ValueError(f"pretrained model {name!r} is not shipped; allowed: {names}")
+    return _shipped("checkpoints", "models", "README.md") / f"{stem}.safetensors"
+
+
+def model_path(value: str | os.PathLike) -> Path:
+    """A model file named in a config or on the command line: a path, or
+    "pretrained:<name>" for a shipped model (`pretrained`)."""
+    text = str(value)
+    if text.startswith(PRETRAINED_PREFIX):
+        return pretrained(text[len(PRETRAINED_PREFIX):])
+    return Path(value)
+
+
 def cache_dir(*parts: str) -> Path:
     """$ASRQUANT_CACHE/<parts>, or ~/.cache/asrquant/<parts> (corpora, sensitivities)."""
     root = os.environ.get("ASRQUANT_CACHE") or Path.home() / ".cache" / "asrquant"

@@ -13,9 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from asrquant.io import atomic_write_json
+from asrquant.io import atomic_write_json, config_dir
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(config_dir())  # conf/ of the checkout, or asrquant/conf in an installed wheel
 
 
 def run_and_record(run: Callable, cfg) -> dict | None:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from asrquant.data.tokenizer import tokenizer_from_state
-from asrquant.io import atomic_write
+from asrquant.io import atomic_write, model_path
 from asrquant.lightning.module import ASRModule
 from asrquant.quant import (
     QuantizedTensor,
@@ -113,7 +113,7 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     The file is checked first: format and version, tensor presence, packed sizes, scale
     shapes and dtypes, NaN/Inf; any problem raises ExportError naming the tensor.
     """
-    path = Path(path)
+    path = model_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"packed model {str(path)!r} does not exist")
     try:

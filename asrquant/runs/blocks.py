@@ -23,6 +23,7 @@ from asrquant.data.synthetic import build_synthetic_corpus
 from asrquant.data.text import normalize_text
 from asrquant.data.tokenizer import CharTokenizer, tokenizer_from_state, train_sentencepiece
 from asrquant.export import float_checkpoint
+from asrquant.io import model_path
 from asrquant.lightning.callbacks import QuantizationCallback, restore_quantization
 from asrquant.lightning.module import INFERENCE_CHECKPOINT_KEYS, ASRModule
 from asrquant.models.sizes import size_config
@@ -170,8 +171,8 @@ def optim_kwargs(optim: dict) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A Lightning checkpoint, loaded without executing code (weights_only=True), or a float
-    model file (`.safetensors`, as shipped in models/)."""
-    path = Path(path)
+    model file (`.safetensors`, as shipped in models/; "pretrained:<name>" names one)."""
+    path = model_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":

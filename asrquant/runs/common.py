@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from asrquant.checks import check_choice, check_keys, check_number, config_key
-from asrquant.io import atomic_write_json, check_writable, json_safe
+from asrquant.io import atomic_write_json, check_writable, json_safe, model_path
 from asrquant.quant import (
     QuantRecipe,
     QuantReport,
@@ -78,7 +78,7 @@ def require_ckpt(cfg: dict, note: str = "") -> str:
 def check_files(cfg: dict, *keys: str) -> None:
     """Each of `keys` that is set names an existing file."""
     for key in keys:
-        if cfg.get(key) and not Path(cfg[key]).is_file():
+        if cfg.get(key) and not model_path(cfg[key]).is_file():
             raise ValueError(f"{key}={cfg[key]!r} is not a file")
 
 

@@ -40,7 +40,7 @@ from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import read_utterances
 from asrquant.data.text import normalize_text
 from asrquant.export import load_quantized
-from asrquant.io import atomic_write_json, atomic_write_text, cache_dir
+from asrquant.io import atomic_write_json, atomic_write_text, cache_dir, model_path
 from asrquant.lightning.metrics import corpus_wer
 from asrquant.lightning.module import ASRModule
 from asrquant.models.decoding import greedy_ctc_decode
@@ -278,7 +278,7 @@ def measure_sensitivity(module: ASRModule, groups: Sequence[LayerGroup], base: Q
 
 def load_float_module(path: str | os.PathLike) -> ASRModule:
     """A float ASRModule from a Lightning checkpoint or a float export (.safetensors)."""
-    path = Path(path)
+    path = model_path(path)
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as f:
             quantized = json.loads((f.metadata() or {}).get("quantized") or "{}")
