@@ -3,6 +3,7 @@
 from asrquant.io import config_dir, pretrained, pretrained_names
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "config_dir", "load_quantized", "pretrained", "pretrained_names"]
 
 
 def load_quantized(path, map_location="cpu"):

@@ -16,11 +16,17 @@ from onnx import numpy_helper
 from asrquant.data.tokenizer import CharTokenizer
 from asrquant.export import export_packed, load_quantized
 from asrquant.export.onnx import export_onnx, load_onnx, onnx_metadata, require
-from asrquant.export.onnx_graph import OnnxExportError, OnnxGraph, matmul_nbits_block
+from asrquant.export.onnx_graph import (
+    OnnxExportError,
+    OnnxGraph,
+    check_accuracy_level,
+    matmul_nbits_block,
+    pack_rows,
+)
 from asrquant.lightning.module import ASRModule
 from asrquant.models.sizes import size_config
 from asrquant.quant import QuantRecipe, QuantRule, QuantSpec
-from asrquant.quant.pack import unpack
+from asrquant.quant.pack import pack, unpack
 
 RECIPES = {
     "float": QuantRecipe(None, name="float"),
@@ -256,3 +262,20 @@ def test_level_4_export_holds_uint8_zero_points_and_stays_close(exported, tmp_pa
     assert 0 < valid_max_diff(out, ref, lens) < 0.05  # int8 activations: close, not exact
     with pytest.raises(ValueError, match="exported for accuracy_level 0, with float32 zero"):
         load_onnx(info["path"], accuracy_level=4)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("n", [1, 5, 16, 33])
+def test_pack_rows_packs_each_row_alone(bits, n):
+    """MatMulNBits wants every row (weight row, zero-point row) to start on a byte: the
+    one-call packing of padded rows equals packing row by row, for rows that do not fill
+    their last byte too."""
+    codes = torch.randint(0, 2**bits, (7, n), generator=torch.Generator().manual_seed(n))
+    assert torch.equal(pack_rows(codes, bits), torch.stack([pack(r, bits) for r in codes]))
+
+
+@pytest.mark.parametrize("level", [-1, 5, 1.5, True, "4"])
+def test_accuracy_level_is_checked_by_one_rule(level):
+    with pytest.raises(ValueError, match=r"accuracy_level=.* is invalid; allowed: 0, 1, 2, 3, 4"):
+        check_accuracy_level(level)
+    assert check_accuracy_level(None, null="as exported") is None

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from asrquant.data.tokenizer import tokenizer_from_state
-from asrquant.export.onnx_graph import OnnxGraph, onnx_translation_table
+from asrquant.export.onnx_graph import OnnxGraph, check_accuracy_level, onnx_translation_table
 from asrquant.export.packed import ExportError, load_quantized
 from asrquant.io import atomic_path
 from asrquant.lightning.module import ASRModule
@@ -205,8 +205,7 @@ def set_accuracy_level(model, level: int) -> int:
     Our files exported for level 0 hold float32 zero points (onnxruntime's exact float path;
     8-bit layers excepted): such a file stays at level 0, and another level means exporting
     again; files exported for levels 1-4 (packed uint8 zero points) take any level."""
-    if level not in (0, 1, 2, 3, 4):
-        raise ValueError(f"accuracy_level={level!r} is invalid; allowed: 0, 1, 2, 3, 4")
+    check_accuracy_level(level)
     meta = {p.key: p.value for p in model.metadata_props}
     exported = meta.get("accuracy_level")
     if meta.get("zero_points") == "float32" and level != 0:

@@ -90,7 +90,26 @@ def unpack_rows(packed_rows: Tensor, bits: int, per_row: int) -> Tensor:
 
 def pack_rows(codes: Tensor, bits: int) -> Tensor:
     """(rows, n) unsigned codes -> (rows, ceil(n * bits / 8)) uint8, each row packed alone."""
-    return torch.stack([pack(r, bits) for r in codes])
+    if 8 % bits:  # codes straddle bytes: row by row
+        return torch.stack([pack(r, bits) for r in codes])
+    # whole codes per byte: pad each row to whole bytes, then one pack of everything
+    padded = F.pad(codes, (0, (-codes.shape[1]) % (8 // bits)))
+    return pack(padded, bits).reshape(codes.shape[0], -1)
+
+
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 = float32 compute ... 4 = int8 activations
+
+
+def check_accuracy_level(level, key: str = "accuracy_level", null: str = "") -> int | None:
+    """One rule for the MatMulNBits accuracy level, wherever it is given. `null`: what None
+    means where None is allowed (e.g. "as exported")."""
+    if level is None and null:
+        return None
+    if isinstance(level, bool) or level not in ACCURACY_LEVELS:
+        allowed = (f"null ({null}), " if null else "") + "0, 1, 2, 3, 4"
+        raise ValueError(f"{key}={level!r} is invalid; allowed: {allowed} (MatMulNBits "
+                         "compute: 0 = float32, 4 = int8 activations)")
+    return int(level)
 
 
 def onnx_translation_table() -> dict:
@@ -208,12 +227,18 @@ class GraphScales(nn.Module):
             self.super_scale.to(torch.float32).unsqueeze(-1))
 
 
+def symmetric_offset(spec) -> float:
+    """The offset of a symmetric grid: unsigned code u stands for u - qmax (qmax = -qmin)."""
+    return float(-spec.qmin)
+
+
 def integer_offsets(pw: PackedWeight) -> Tensor:
-    """(rows, n_groups) uint8 offsets: the zero points (asymmetric), or qmax (symmetric)."""
+    """(rows, n_groups) uint8 offsets: the zero points (asymmetric), or qmax (symmetric).
+    What `GraphOffsets` computes in the graph, here at export time for MatMulNBits."""
     lay = group_layout(pw.shape, pw.spec)
     if pw.zero_point is None:
-        return torch.full((lay.rows, lay.n_groups), -pw.spec.qmin, dtype=torch.uint8)
-    _, zp = pw._qparam_tables()
+        return torch.full((lay.rows, lay.n_groups), symmetric_offset(pw.spec)).to(torch.uint8)
+    _, zp = pw.qparam_tables()
     return zp.to(torch.float32).to(torch.uint8)  # integers in [0, 2^bits - 1]
 
 
@@ -232,7 +257,7 @@ class GraphOffsets(nn.Module):
     def forward(self) -> Tensor:
         lay, spec = self.layout, self.spec
         if self.zero_point is None:
-            return torch.full((lay.rows, lay.n_groups), float(-spec.qmin))
+            return torch.full((lay.rows, lay.n_groups), symmetric_offset(spec))
         if spec.zero_point_dtype == "packed":
             codes = unpack_graph(self.zero_point, spec.bits, lay.rows * lay.n_groups)
             return codes.reshape(lay.rows, lay.n_groups).to(torch.float32)
@@ -388,10 +413,7 @@ class Lowering:
     def __init__(self, accuracy_level: int, fallback: str):
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback={fallback!r} is invalid; allowed: {list(FALLBACKS)}")
-        if accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"accuracy_level={accuracy_level!r} is invalid; allowed: 0..4 "
-                             "(MatMulNBits: 0 = float32 compute, 4 = int8 activations)")
-        self.accuracy_level, self.fallback = accuracy_level, fallback
+        self.accuracy_level, self.fallback = check_accuracy_level(accuracy_level), fallback
         self.table: dict[str, str] = {}
         self.float_zero_points = False  # any MatMulNBits node with float32 zero points
 

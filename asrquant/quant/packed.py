@@ -60,7 +60,7 @@ class PackedWeight(nn.Module):
             zp = pack(zp, spec.bits)
         return cls(pack(u, spec.bits), scale, zp, qt.shape, qt.dtype, spec, qt.super_scale)
 
-    def _qparam_tables(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def qparam_tables(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scales and zero points (rows, n_groups) as QuantizedTensor holds them: scale codes
         and packed zero points unpacked."""
         layout = group_layout(self.shape, self.spec)
@@ -76,7 +76,7 @@ class PackedWeight(nn.Module):
     def quantized(self) -> QuantizedTensor:
         u = unpack(self.packed, self.spec.bits, self.shape.numel())
         codes = from_unsigned(u, self.spec.bits, self.spec.symmetric).reshape(self.shape)
-        scale, zp = self._qparam_tables()
+        scale, zp = self.qparam_tables()
         return QuantizedTensor(codes, scale, zp, self.shape, self.dtype, self.spec,
                                self.super_scale)
 
@@ -120,7 +120,7 @@ class PackedWeight(nn.Module):
                None if zp is None else (zp.data_ptr(), zp._version),
                None if sup is None else (sup.data_ptr(), sup._version))
         if cache is None or cache[0] != key:
-            scale, zp = self._qparam_tables()
+            scale, zp = self.qparam_tables()
             if sup is None:
                 scale = scale.to(torch.float32).unsqueeze(-1)
             else:  # as the quantizer decoded them: code * super in float32

@@ -18,6 +18,7 @@ from asrquant.data.augment import augmentation_of
 from asrquant.data.datamodule import ASRDataModule
 from asrquant.data.readers import check_policy
 from asrquant.data.tokenizer import CharTokenizer
+from asrquant.export.onnx_graph import check_accuracy_level
 from asrquant.lightning.module import ASRModule
 from asrquant.runs.blocks import (
     data_kind,
@@ -78,10 +79,8 @@ def validate_config(cfg, kind: str):
         if len(given) > 1:
             raise ValueError(f"{' and '.join(given)} are {'both' if len(given) == 2 else 'all'}"
                              " set; allowed: one of ckpt, packed, onnx")
-        level = cfg.get("onnx_accuracy_level")
-        if level is not None and level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"onnx_accuracy_level={level!r} is invalid; allowed: null (as "
-                             "exported), 0, 1, 2, 3, 4")
+        check_accuracy_level(cfg.get("onnx_accuracy_level"), "onnx_accuracy_level",
+                             null="as exported")
     check_files(cfg, "ckpt", "packed", "onnx", "init_from")
     if kind == "eval" and data.get("kind") in ("manifest", "librispeech"):
         tests = data.get("test") or data.get("extra_test") or data.get("test_splits")
