@@ -222,27 +222,6 @@ def test_a_file_that_is_not_ours_is_refused(tmp_path):
         load_onnx(tmp_path / "foreign.onnx")
 
 
-def test_transcribe_cli_gives_the_same_lines_from_onnx_and_safetensors(exported, tmp_path,
-                                                                      capsys):
-    import soundfile
-
-    from asrquant.cli.transcribe import main
-
-    paths = []
-    for i, n in enumerate(LENS.tolist()[:2]):
-        paths.append(str(tmp_path / f"u{i}.flac"))
-        soundfile.write(paths[-1], AUDIO[i, :n].numpy(), 16000)
-    packed_path, info = exported["int2_asym_g32"]
-    lines = {}
-    for model in (str(packed_path), info["path"]):
-        main([model, *paths, "--threads", "1"])
-        lines[model] = capsys.readouterr().out.splitlines()
-    got = list(lines.values())
-    assert got[0] == got[1] and [line.split("\t")[0] for line in got[0]] == paths
-    with pytest.raises(ValueError, match=r"suffix '\.pt'; allowed: \.safetensors, \.onnx"):
-        main([str(tmp_path / "model.pt"), *paths])
-
-
 def test_level_4_export_holds_uint8_zero_points_and_stays_close(exported, tmp_path):
     """accuracy_level 4 (int8 activations) needs uint8 zero points: exported as such; a level
     0 file (float32 zero points) refuses level 4 rather than silently running float32."""

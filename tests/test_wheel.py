@@ -9,11 +9,11 @@ import json
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PURELIB = sysconfig.get_paths()["purelib"]  # where this environment's dependencies live

@@ -5,7 +5,8 @@
     evaluate.py   run_eval       test WER after PTQ, or of a packed file  results.json
     export.py     run_export     the packed safetensors file          export.json
                                  (format=onnx: + model.onnx)          onnx_export.json
-    transcribe.py transcribe_files  audio files -> transcripts (safetensors or ONNX file)
+    transcribe.py run_transcribe audio files or manifests -> transcripts (ckpt, safetensors,
+                                 ONNX); JSONL with WER/CER
     search.py     run_search     mixed-precision search               search.json
     validate.py   validate_config  every check that needs no data, before any work
     demo.py       run_demo       recipes on a random torchaudio Conformer (prints a table)
@@ -26,6 +27,7 @@ _MODULE_OF = {
     "run_search": "search",
     "validate_search_config": "search",
     "run_train": "train",
+    "run_transcribe": "transcribe",
     "transcribe_files": "transcribe",
     "validate_config": "validate",
 }
