@@ -93,7 +93,7 @@ def export_packed(ckpt: dict, recipe: QuantRecipe | None, path: str | os.PathLik
             "num_quantized_tensors": len(quantized), "recipe": recipe.name}
 
 
-def _meta_json(meta: dict, key: str, path) -> object:
+def meta_json(meta: dict, key: str, path) -> object:
     try:
         return json.loads(meta[key])
     except KeyError:
@@ -102,9 +102,71 @@ def _meta_json(meta: dict, key: str, path) -> object:
         raise ExportError(f"{path}: metadata {key!r} is not valid JSON: {e}") from None
 
 
-def _check_finite(name: str, t: torch.Tensor, path) -> None:
+def check_finite(name: str, t: torch.Tensor, path) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ExportError(f"{path}: tensor {name!r} contains NaN or Inf")
+
+
+def read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; ExportError if it cannot be read."""
+    if not path.is_file():
+        raise FileNotFoundError(f"packed model {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                          f"{e}") from None
+    return meta, tensors
+
+
+def weight_info(path, name: str, info) -> tuple[QuantSpec, torch.Size, torch.dtype]:
+    """Spec, shape and dtype of a quantized weight from the file's "quantized" metadata."""
+    try:
+        return (QuantSpec.from_dict(info["spec"]), torch.Size(info["shape"]),
+                _WEIGHT_DTYPES[info["dtype"]])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{path}: metadata of quantized weight {name!r} is invalid "
+                          f"(needs spec, shape and dtype in {sorted(_WEIGHT_DTYPES)}): "
+                          f"{e!r}") from None
+
+
+def read_packed_weight(path, name: str, spec: QuantSpec, shape: torch.Size,
+                       dtype: torch.dtype, tensors: dict) -> PackedWeight:
+    """The PackedWeight of `name` from the file's tensors, after checking them: present
+    (and none its spec has no use for), packed bytes fitting shape and bit width, scales
+    and zero points of the right shape and dtype, no NaN or Inf."""
+    need = [name + SEP + "packed", name + SEP + "scale"]
+    for part, wanted in (("zero_point", not spec.symmetric),
+                         ("super_scale", spec.scale_bits is not None)):
+        if wanted:
+            need.append(name + SEP + part)
+        elif name + SEP + part in tensors:
+            why = ("the recipe of this weight is symmetric" if part == "zero_point" else
+                   "the recipe of this weight has no scale_bits")
+            raise ExportError(f"{path}: tensor {name + SEP + part!r} present but {why}")
+    missing = [k for k in need if k not in tensors]
+    if missing:
+        raise ExportError(f"{path}: quantized weight {name!r} lacks tensor(s) {missing}")
+    packed = tensors[need[0]]
+    nbytes = packed_nbytes(math.prod(shape), spec.bits)
+    if packed.dtype != torch.uint8 or packed.shape != (nbytes,):
+        raise ExportError(
+            f"{path}: tensor {need[0]!r} is {packed.dtype} {tuple(packed.shape)}; "
+            f"shape {tuple(shape)} at {spec.bits} bits needs uint8 ({nbytes},)")
+    for part, (want, want_shape) in _qparam_layouts(spec, group_layout(shape, spec)).items():
+        key = name + SEP + part
+        t = tensors[key]
+        if t.shape != want_shape or t.dtype != want:
+            raise ExportError(
+                f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}; the recipe needs "
+                f"{want} {want_shape}")
+        check_finite(key, t, path)
+    parts = {part: tensors.get(name + SEP + part)
+             for part in ("scale", "zero_point", "super_scale")}
+    return PackedWeight(packed, parts["scale"], parts["zero_point"], shape, dtype, spec,
+                        parts["super_scale"])
 
 
 def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRModule:
@@ -114,74 +176,29 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     shapes and dtypes, NaN/Inf; any problem raises ExportError naming the tensor.
     """
     path = model_path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"packed model {str(path)!r} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            tensors = {k: f.get_tensor(k) for k in keys}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ExportError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
-                          f"{e}") from None
+    meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ExportError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     version = meta.get("format_version")
     if version not in READS_VERSIONS:
         raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
                           f"versions {', '.join(READS_VERSIONS)}")
-    model_config = _meta_json(meta, "model_config", path)
-    tokenizer = tokenizer_from_state(_meta_json(meta, "tokenizer_state", path))
-    quantized = _meta_json(meta, "quantized", path)
+    model_config = meta_json(meta, "model_config", path)
+    tokenizer = tokenizer_from_state(meta_json(meta, "tokenizer_state", path))
+    quantized = meta_json(meta, "quantized", path)
 
-    _meta_json(meta, "recipe", path)
+    meta_json(meta, "recipe", path)
     packed_weights, plain = {}, {}
     for name, info in quantized.items():
-        try:
-            spec = QuantSpec.from_dict(info["spec"])
-            shape = torch.Size(info["shape"])
-            dtype = _WEIGHT_DTYPES[info["dtype"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ExportError(f"{path}: metadata of quantized weight {name!r} is invalid "
-                              f"(needs spec, shape and dtype in {sorted(_WEIGHT_DTYPES)}): "
-                              f"{e!r}") from None
+        spec, shape, dtype = weight_info(path, name, info)
         if version == "1" and (spec.scale_bits is not None or spec.zero_point_dtype == "packed"):
             raise ExportError(f"{path}: quantized weight {name!r} has spec {spec.name()!r}, "
                               "which format version 1 cannot hold (double-quantized scales and "
                               "packed zero points came with version 2)")
-        need = [name + SEP + "packed", name + SEP + "scale"]
-        for part, wanted in (("zero_point", not spec.symmetric),
-                             ("super_scale", spec.scale_bits is not None)):
-            if wanted:
-                need.append(name + SEP + part)
-            elif name + SEP + part in tensors:
-                why = ("the recipe of this weight is symmetric" if part == "zero_point" else
-                       "the recipe of this weight has no scale_bits")
-                raise ExportError(f"{path}: tensor {name + SEP + part!r} present but {why}")
-        missing = [k for k in need if k not in tensors]
-        if missing:
-            raise ExportError(f"{path}: quantized weight {name!r} lacks tensor(s) {missing}")
-        packed = tensors[need[0]]
-        nbytes = packed_nbytes(math.prod(shape), spec.bits)
-        if packed.dtype != torch.uint8 or packed.shape != (nbytes,):
-            raise ExportError(
-                f"{path}: tensor {need[0]!r} is {packed.dtype} {tuple(packed.shape)}; "
-                f"shape {tuple(shape)} at {spec.bits} bits needs uint8 ({nbytes},)")
-        for part, (want, want_shape) in _qparam_layouts(spec, group_layout(shape, spec)).items():
-            key = name + SEP + part
-            t = tensors[key]
-            if t.shape != want_shape or t.dtype != want:
-                raise ExportError(
-                    f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}; the recipe needs "
-                    f"{want} {want_shape}")
-            _check_finite(key, t, path)
-        parts = {part: tensors.get(name + SEP + part)
-                 for part in ("scale", "zero_point", "super_scale")}
-        packed_weights[name] = PackedWeight(packed, parts["scale"], parts["zero_point"], shape,
-                                            dtype, spec, parts["super_scale"])
+        packed_weights[name] = read_packed_weight(path, name, spec, shape, dtype, tensors)
     for k, t in tensors.items():
         if SEP not in k:
-            _check_finite(k, t, path)
+            check_finite(k, t, path)
             plain[k] = t
 
     # Built on the meta device (no memory), then given the file's tensors with assign=True:
@@ -201,7 +218,7 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
             raise ExportError(f"{path}: tensor {k!r} has shape {tuple(t.shape)}; the model "
                               f"config needs {tuple(target.shape)}")
     pack_module_weights(module, packed_weights)
-    module.load_state_dict({**plain, **{f"{_packed_key(n)}.{b}": getattr(pw, b)
+    module.load_state_dict({**plain, **{f"{packed_key(n)}.{b}": getattr(pw, b)
                                         for n, pw in packed_weights.items()
                                         for b in ("packed", "scale", "zero_point",
                                                   "super_scale")
@@ -241,7 +258,8 @@ def _qparam_layouts(spec: QuantSpec, layout) -> dict[str, tuple[torch.dtype, tup
     return out
 
 
-def _packed_key(name: str) -> str:
+def packed_key(name: str) -> str:
+    """'a.weight' -> 'a.packed_weight': where a swapped module keeps its PackedWeight."""
     mod, _, attr = name.rpartition(".")
     return f"{mod}.packed_{attr}" if mod else f"packed_{attr}"
 

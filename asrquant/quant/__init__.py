@@ -1,5 +1,6 @@
 """Weight quantization math, recipes and size reports. Imports torch only."""
 
+from .api import as_recipe, quantize_, quantized_specs
 from .primitives import (
     GroupLayout,
     QuantizedTensor,
@@ -23,6 +24,7 @@ from .recipe import (
     canonical_name,
     detach_fake_quant,
     fake_quant_specs,
+    left_float,
     original_name,
     recipe_from_config,
     recipe_of_checkpoint,
@@ -43,6 +45,7 @@ __all__ = [
     "QuantRule",
     "QuantSpec",
     "QuantizedTensor",
+    "as_recipe",
     "attach_fake_quant",
     "build_report",
     "candidate_weight_names",
@@ -55,10 +58,13 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_learned",
     "group_layout",
+    "left_float",
     "num_levels",
     "original_name",
     "quantize",
+    "quantize_",
     "quantize_with",
+    "quantized_specs",
     "recipe_from_config",
     "recipe_of_checkpoint",
     "scales_of_checkpoint",

@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from asrquant.checks import check_keys
 
+from .packed import PackedWeight
 from .primitives import (
     QuantizedTensor,
     _round_scale,
@@ -242,29 +243,103 @@ def _has_fake_quant(model: nn.Module) -> bool:
     )
 
 
+_ORIGINAL = re.compile(r"(?:(.*)\.)?parametrizations\.([^.]+)\.original")
+
+
 def original_name(name: str) -> str:
     """'a.parametrizations.weight.original' -> 'a.weight': a parameter's name before
-    fake quantization was attached."""
-    return name.replace("parametrizations.", "").replace(".original", "")
+    fake quantization was attached. Names of parametrizations with several originals
+    (weight_norm's 'a.parametrizations.weight.original0') are the tensors themselves, kept."""
+    m = _ORIGINAL.fullmatch(name)
+    if m is None:
+        return name
+    return f"{m.group(1)}.{m.group(2)}" if m.group(1) else m.group(2)
+
+
+def packed_weight_modules(model: nn.Module) -> dict[str, PackedWeight]:
+    """Weight name ('a.weight') -> its PackedWeight, for the weights of `model` that are
+    stored packed (modules swapped by `pack_module_weights`)."""
+    out = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, PackedWeight):
+            parent, _, child = mod_name.rpartition(".")
+            attr = child.removeprefix("packed_")
+            out[f"{parent}.{attr}" if parent else attr] = mod
+    return out
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """Names of the model's tensors as they were before quantization: parameters (with fake
+    quantization attached, under their own names; learned scales left out), then the
+    weights stored packed."""
+    names = [original_name(n) for n, _ in model.named_parameters() if not _LEARNED.fullmatch(n)]
+    return names + list(packed_weight_modules(model))
+
+
+_RECURRENT = (nn.RNNBase,)
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def left_float(model: nn.Module, plan: dict[str, QuantSpec]) -> dict[str, str]:
+    """Matrices and kernels (parameters of 2+ dims) of `model` that `plan` keeps float,
+    each with the reason. Vectors (biases, norm scales) always stay float: not listed."""
+    candidates = set(candidate_weight_names(model))
+    out = {}
+    for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if ".parametrizations" in f".{mod_name}" or isinstance(mod, PackedWeight):
+            continue  # a parametrization's originals: reported under their module below
+        if parametrize.is_parametrized(mod):
+            for attr, plist in mod.parametrizations.items():
+                kinds = [type(p).__name__ for p in plist]
+                if prefix + attr in plan or any(isinstance(p, FakeQuantize) for p in plist):
+                    continue
+                out[prefix + attr] = (
+                    f"parametrized by {kinds} (stored as its originals, not as one tensor); "
+                    f"fold it with torch.nn.utils.parametrize.remove_parametrizations(module, "
+                    f"{attr!r}) to quantize it")
+        for pname, p in mod.named_parameters(recurse=False):
+            name = prefix + pname
+            if p.dim() < 2 or name in plan:
+                continue
+            if name in candidates:
+                why = "kept float by the recipe"
+            elif isinstance(mod, _RECURRENT):
+                why = (f"{type(mod).__name__} weight: read by a fused recurrent kernel, "
+                       "no packed module")
+            elif isinstance(mod, _TABLES):
+                why = "embedding table: rows are looked up, not multiplied"
+            else:
+                why = f"{type(mod).__name__}.{pname}: no packed module for it"
+            out[name] = why
+    return out
 
 
 def build_report(
     model: nn.Module, plan: dict[str, QuantSpec], recipe_name: str = ""
 ) -> QuantReport:
     """Report of `plan` on `model`; parameter names are taken as before attaching, so the
-    plan of a model with fake quantization (fake_quant_specs) works too."""
+    plan of a model with fake quantization (fake_quant_specs) works too, and weights stored
+    packed (PackedWeight modules) are counted at their own specs. `left_float` names the
+    matrices the plan keeps float and why."""
     rows = []
     for n, p in model.named_parameters():
         if _LEARNED.fullmatch(n):  # a learned scale or zero point: counted with its weight
             continue
         n = original_name(n)
         rows.append(param_row(n, p, plan.get(n)))
+    packed = packed_weight_modules(model)  # a packed model: each weight at its own spec
+    for n, pw in packed.items():
+        rows.append(param_row(n, torch.empty(pw.shape, dtype=pw.dtype, device="meta"),
+                              pw.spec))
     persistent = model.state_dict(keep_vars=True)
+    packed_buffers = {id(b) for pw in packed.values() for b in pw.buffers()}
     buffer_bytes = sum(
         b.numel() * b.element_size() for n, b in model.named_buffers()
-        if n in persistent
+        if n in persistent and id(b) not in packed_buffers
     )
-    return QuantReport(rows=rows, recipe_name=recipe_name, buffer_bytes=buffer_bytes)
+    return QuantReport(rows=rows, recipe_name=recipe_name, buffer_bytes=buffer_bytes,
+                       left_float=left_float(model, plan))
 
 
 def attach_fake_quant(

@@ -97,11 +97,14 @@ class QuantReport:
     (and `zero_point_dtype`), or as `qparam_bytes` counts them for double-quantized scales
     and packed zero points;
     other parameters at their own dtype.
+    `left_float` names the matrices and kernels kept float, with the reason (see
+    `asrquant.quant.recipe.left_float`).
     """
 
     rows: list[ParamRow] = field(default_factory=list)
     recipe_name: str = ""
     buffer_bytes: int = 0  # persistent buffers (e.g. feature statistics): stored, not weights
+    left_float: dict[str, str] = field(default_factory=dict)  # matrix kept float -> why
 
     @property
     def quantized_rows(self) -> list[ParamRow]:
@@ -170,6 +173,7 @@ class QuantReport:
             "recipe": self.recipe_name,
             "totals": self.totals(),
             "params": [asdict(r) for r in self.rows],
+            "left_float": dict(self.left_float),
         }
 
     def table(self, quantized_only: bool = False) -> str:
