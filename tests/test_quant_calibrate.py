@@ -34,10 +34,11 @@ def test_gptq_has_a_smaller_output_error_than_round_to_nearest(spec, act_order):
     assert output_error(w, gptq, h) < 0.8 * output_error(w, rtn, h)
 
 
-def naive_gptq(w, h, spec, damp):
+def naive_gptq(w, h, spec, damp, static_groups=True):
     """The OBQ recurrence GPTQ computes, written out: round column j with its group's RTN
     qparams, then w_F -= (w_j - q_j) / [H_F^-1]_jj * [H_F^-1]_{F,j} over the columns F not yet
-    rounded, with H_F^-1 recomputed from scratch for every j."""
+    rounded, with H_F^-1 recomputed from scratch for every j. static_groups=False: a group's
+    qparams are RTN's for the group's weights as they are when its first column comes."""
     h = h + damp * h.diagonal().mean() * torch.eye(h.shape[0])
     h = h.double()
     w = w.clone().double()
@@ -51,6 +52,11 @@ def naive_gptq(w, h, spec, damp):
         free = list(range(j, n))
         hinv = torch.linalg.inv(h[free][:, free])
         g = j // glen
+        if not static_groups and j % glen == 0:
+            now = quantize(w[:, j : j + glen].float(), dataclasses.replace(spec, group_size=glen))
+            scale[:, g] = now.scale[:, 0].double()
+            if zp is not None:
+                zp[:, g] = now.zero_point[:, 0].double()
         s = scale[:, g]
         q = torch.round(w[:, j] * (1.0 / s))
         if zp is not None:
@@ -71,6 +77,41 @@ def test_gptq_equals_the_naive_obq_recurrence_on_a_tiny_case():
     got = gptq_quantize(w, h, spec, damp=0.01, act_order=False, block_size=3)
     want = naive_gptq(w, h, spec, damp=0.01)
     assert torch.equal(got.codes.double(), want)
+
+
+def test_gptq_with_groups_chosen_on_the_way_equals_the_naive_recurrence():
+    """static_groups=False: qparams from the compensated weights; the lazy block updates
+    must give a group the same weights the column-by-column recurrence sees (block_size 3
+    splits groups of 4 across blocks)."""
+    spec = QuantSpec(bits=2, group_size=4)
+    w = torch.randn(5, 10, generator=torch.Generator().manual_seed(3))
+    x = correlated_inputs(10, n=64, seed=4)
+    h = x.T @ x
+    got = gptq_quantize(w, h, spec, damp=0.01, act_order=False, block_size=3,
+                        static_groups=False)
+    want = naive_gptq(w, h, spec, damp=0.01, static_groups=False)
+    assert torch.equal(got.codes.double(), want)
+    assert not torch.equal(got.scale, quantize(w, spec).scale)  # the groups did move
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_groups_chosen_on_the_way_do_not_depend_on_the_block_size(act_order):
+    spec = QuantSpec(bits=2, group_size=8)
+    w = torch.randn(6, 30, generator=torch.Generator().manual_seed(5))
+    x = correlated_inputs(30, seed=6)
+    runs = [gptq_quantize(w, x.T @ x, spec, act_order=act_order, block_size=b,
+                          static_groups=False) for b in (1, 7, 128)]
+    for qt in runs[1:]:
+        assert torch.equal(qt.codes, runs[0].codes) and torch.equal(qt.scale, runs[0].scale)
+        assert torch.equal(qt.zero_point, runs[0].zero_point)
+    packed = PackedWeight.from_quantized(runs[0])  # ordinary codes: the packed file decodes them
+    assert torch.equal(packed(), dequantize(runs[0]))
+
+
+def test_groups_chosen_on_the_way_refuse_double_quantized_scales():
+    with pytest.raises(ValueError, match="static_groups=False.*scale_bits=6"):
+        gptq_quantize(torch.randn(4, 64), torch.eye(64),
+                      QuantSpec(bits=2, group_size=32, scale_bits=6), static_groups=False)
 
 
 def test_gptq_keeps_the_qparams_round_to_nearest_would_store():
@@ -236,11 +277,46 @@ def test_a_module_the_forward_never_calls_is_named():
         calibrate_quantize(model, plan, tiny_batches(1), lambda m, b: m(b))
 
 
+class TwoInOne(nn.Module):
+    """Two Linears inside one numbered block: a stage of its own each only with
+    sequential="module"."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(12, 12), nn.Tanh(),
+                                                   nn.Linear(12, 6))])
+
+    def forward(self, x):
+        return self.blocks[0](x)
+
+
+@pytest.mark.parametrize("sequential", ["block", "module"])
+def test_a_module_stage_sees_the_quantized_layers_before_it_in_its_block(sequential):
+    torch.manual_seed(0)
+    model = TwoInOne()
+    first, second = model.blocks[0][0], model.blocks[0][2]
+    float_first, float_second = first.weight.detach().clone(), second.weight.detach().clone()
+    spec = QuantSpec(bits=2, group_size=4)
+    batches = [correlated_inputs(12, n=50, seed=s) for s in range(2)]
+    plan = {"blocks.0.0.weight": spec, "blocks.0.2.weight": spec}
+    out = calibrate_quantize(model, plan, batches, lambda m, b: m(b),
+                             CalibrationConfig(sequential=sequential))
+    w1 = float_first if sequential == "block" else dequantize(out["blocks.0.0.weight"])
+    x2 = torch.cat([torch.tanh(b @ w1.T + first.bias) for b in batches]).detach()
+    h = (x2.T.double() @ x2.double() / len(x2)).float()
+    want = gptq_quantize(float_second, h, spec, act_order=True)
+    assert torch.equal(out["blocks.0.2.weight"].codes, want.codes)
+
+
 def test_bad_calibration_settings_name_the_value():
     with pytest.raises(ValueError, match="method='optq'.*gptq"):
         CalibrationConfig("optq")
     with pytest.raises(ValueError, match="damp=2"):
         CalibrationConfig(damp=2)
+    with pytest.raises(ValueError, match="sequential='layer'.*'block', 'module'"):
+        CalibrationConfig(sequential="layer")
+    with pytest.raises(ValueError, match="static_groups='no'.*true or false"):
+        CalibrationConfig(static_groups="no")
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate_quantize(Tiny(), {}, [], lambda m, b: m(b))
 

@@ -10,7 +10,10 @@ outside any numbered block. For each stage, forward hooks accumulate H = X^T X o
 planned weight's inputs over the calibration batches (the forward stops right after the
 stage's last module); then those weights are quantized (`method`) and their dequantized
 values written into the model, so the next stage sees the outputs of the quantized layers
-before it, as in GPTQ. Memory: the Hessians of one stage at a time.
+before it, as in GPTQ. With sequential="module" every module is a stage of its own (GPTQ's
+"true sequential"): a layer's inputs then come from the quantized layers before it in the
+same block too, at the cost of one calibration forward per module instead of per block.
+Memory: the Hessians of one stage at a time.
 
 Inputs per layer type (rows of X):
     Linear                 every position of the input's last dim
@@ -43,16 +46,20 @@ from .spec import QuantSpec
 
 METHODS = ("rtn", "gptq", "awq_clip", "gptq_awq_clip")
 NEEDS_CALIBRATION = ("gptq", "awq_clip", "gptq_awq_clip")
+SEQUENTIAL = ("block", "module")  # what one stage is: a numbered block, or each module
 
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
-    """How calibration PTQ runs: `method` (METHODS), GPTQ's dampening, act-order, block size."""
+    """How calibration PTQ runs: `method` (METHODS), GPTQ's dampening, act-order, block size,
+    static or on-the-way groups (`gptq_quantize`), and what a stage is (`sequential`)."""
 
     method: str = "gptq"
     damp: float = 0.01
     act_order: bool = True
     block_size: int = 128
+    static_groups: bool = True
+    sequential: str = "block"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -62,6 +69,12 @@ class CalibrationConfig:
             raise ValueError(f"damp={self.damp!r} is invalid; allowed: a number in [0, 1]")
         if not isinstance(self.act_order, bool):
             raise ValueError(f"act_order={self.act_order!r} is invalid; allowed: true or false")
+        if self.sequential not in SEQUENTIAL:
+            raise ValueError(f"sequential={self.sequential!r} is invalid; allowed: "
+                             f"{list(SEQUENTIAL)}")
+        if not isinstance(self.static_groups, bool):
+            raise ValueError(f"static_groups={self.static_groups!r} is invalid; allowed: true "
+                             "or false")
         if not (isinstance(self.block_size, int) and self.block_size >= 1):
             raise ValueError(f"block_size={self.block_size!r} is invalid; "
                              "allowed: an integer >= 1")
@@ -217,7 +230,7 @@ def calibrate_quantize(
         order = _forward_order(model, batches, forward, list(by_module))
         stages: dict[str, list[str]] = {}
         for m in order:
-            stages.setdefault(stage_of(m), []).append(m)
+            stages.setdefault(stage_of(m) if config.sequential == "block" else m, []).append(m)
         out: dict[str, QuantizedTensor] = {}
         items = list(stages.items())
         for stage, mods in progress(items) if progress else items:
@@ -298,7 +311,8 @@ def _quantize_one(model, name: str, spec: QuantSpec, h: torch.Tensor,
     if config.method in ("gptq", "gptq_awq_clip"):
         qt = gptq_quantize(w, h, spec, damp=config.damp, act_order=config.act_order,
                            block_size=config.block_size,
-                           output_clip=config.method == "gptq_awq_clip")
+                           output_clip=config.method == "gptq_awq_clip",
+                           static_groups=config.static_groups)
     elif config.method == "awq_clip":
         qt = quantize(w, dataclasses.replace(spec, clip="mse"),
                       hessian=group_hessians(h, w.shape, spec))

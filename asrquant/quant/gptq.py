@@ -10,10 +10,13 @@ yet rounded, weighted by the inverse Hessian H^-1 (H = X^T X, the same for every
         e_j   = (w_j - q_j) / U_jj                    # U = upper Cholesky factor of H^-1
         w_k  -= e_j * U_jk        for every k > j     # error compensation
 
-Quantization parameters are "static groups": chosen once per group from the unmodified
-weight (RTN range, mse clip, or the output-aware clip search with the same Hessian) before any
-column is rounded, so act_order works with our groups and the codes are ordinary codes on the
-grid of `QuantSpec`: export and packed loading need no change. H is damped,
+Quantization parameters are by default "static groups": chosen once per group from the
+unmodified weight (RTN range, mse clip, or the output-aware clip search with the same Hessian)
+before any column is rounded. With static_groups=False (GPTQ's original rule) a group's
+qparams are chosen when its first column is reached, from the group's weights as the error
+compensation has left them by then; with act_order the group keeps our contiguous layout
+(its columns are those of the unpermuted weight). Either way the codes are ordinary codes on
+the grid of `QuantSpec`: export and packed loading need no change. H is damped,
 H + damp * mean(diag H) * I, and inputs that are never active (H_jj = 0) get H_jj = 1 and
 their weights set to 0 (they multiply zeros). A Hessian of shape (rows, n, n) gives each row
 its own (a depthwise convolution, whose channels see different inputs).
@@ -24,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from .primitives import (
     QuantizedTensor,
     _codes_dtype,
+    choose_qparams,
     dequantize_groups,
     group_layout,
     quantize,
@@ -98,6 +103,7 @@ def gptq_quantize(
     act_order: bool = False,
     block_size: int = 128,
     output_clip: bool = False,
+    static_groups: bool = True,
 ) -> QuantizedTensor:
     """GPTQ codes of `w` for inputs whose Hessian is `hessian` (see the module docstring).
 
@@ -105,7 +111,8 @@ def gptq_quantize(
     hessian: X^T X of that layer's inputs, (n, n), or (rows, n, n) with one per row.
     output_clip: choose each group's clip ratio by the output error (`spec.clip_grid`)
         instead of `spec.clip`.
-    The qparams are those `quantize` would store (static groups); only the codes differ.
+    static_groups: True: the qparams are those `quantize` would store, only the codes differ;
+        False: each group's qparams come from its compensated weights (module docstring).
     """
     if not 0.0 <= damp <= 1.0:
         raise ValueError(f"GPTQ damp={damp!r} is invalid; allowed: a float in [0, 1]")
@@ -117,6 +124,11 @@ def gptq_quantize(
         raise ValueError("GPTQ needs per-row quantization parameters; granularity='tensor' "
                          "is not supported (allowed: 'channel', 'group')")
     _check_hessian(hessian, rows, n, "GPTQ")
+    dynamic = not static_groups and layout.n_groups > 1
+    if dynamic and spec.scale_bits is not None:
+        raise ValueError("GPTQ static_groups=False needs one stored scale per group; with "
+                         f"scale_bits={spec.scale_bits} (double-quantized scales) the row's "
+                         "super-scale needs every group first; allowed: static_groups=True")
     h = hessian.to(torch.float32).clone()
     weight = w.detach().reshape(rows, n).to(torch.float32).clone()
     dead = h.diagonal(dim1=-2, dim2=-1) == 0  # (n,) or (rows, n)
@@ -127,8 +139,8 @@ def gptq_quantize(
     qspec = dataclasses.replace(spec, clip="mse") if output_clip else spec
     hg = group_hessians(hessian, w.shape, spec) if output_clip else None
     qt = quantize(weight.reshape(w.shape), qspec, hessian=hg)  # the stored qparams
-    scale = qt.float_scale()  # (rows, n_groups), decoded float32
-    zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32)
+    scale = qt.float_scale().clone()  # (rows, n_groups), decoded float32
+    zp = None if qt.zero_point is None else qt.zero_point.to(torch.float32).clone()
 
     perm = None
     if act_order:
@@ -141,6 +153,9 @@ def gptq_quantize(
     if perm is not None:
         group_of = group_of[perm]
 
+    if dynamic:
+        position = torch.argsort(perm) if perm is not None else torch.arange(n)
+        chosen = [False] * layout.n_groups
     codes = torch.empty(rows, n)
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
@@ -149,6 +164,16 @@ def gptq_quantize(
         u1 = u[..., i1:i2, i1:i2]
         for i in range(i2 - i1):
             g = int(group_of[i1 + i])
+            if dynamic and not chosen[g]:
+                at = position[g * glen : min(n, (g + 1) * glen)]  # all >= i1 + i
+                now = _current_columns(weight, w1, err1[:, :i], u, i1, i, at)
+                s_g, z_g, _ = choose_qparams(
+                    F.pad(now, (0, glen - now.shape[1])).unsqueeze(1), qspec,
+                    None if hg is None else hg[..., g : g + 1, :, :])
+                scale[:, g] = s_g[:, 0, 0]
+                if zp is not None:
+                    zp[:, g] = z_g[:, 0, 0]
+                chosen[g] = True
             s = scale[:, g : g + 1]
             z = None if zp is None else zp[:, g : g + 1]
             col = w1[:, i : i + 1]
@@ -166,7 +191,31 @@ def gptq_quantize(
                 weight[:, i2:] -= torch.einsum("ri,rij->rj", err1, u[:, i1:i2, i2:])
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
-    return dataclasses.replace(qt, codes=codes.reshape(w.shape).to(_codes_dtype(spec)))
+    codes = codes.reshape(w.shape).to(_codes_dtype(spec))
+    if not dynamic:
+        return dataclasses.replace(qt, codes=codes)
+    return dataclasses.replace(qt, codes=codes, scale=scale.to(qt.scale.dtype),
+                               zero_point=None if zp is None else zp.to(qt.zero_point.dtype))
+
+
+def _current_columns(weight, w1, err_done, u, i1: int, i: int, at: torch.Tensor) -> torch.Tensor:
+    """(rows, len(at)) weights at processing positions `at` (all >= i1 + i) as the error
+    compensation has left them after i columns of the block that starts at i1: columns of
+    the block are up to date in w1; later ones still lack this block's lazy update."""
+    out = torch.empty(weight.shape[0], len(at))
+    inside = at < i1 + w1.shape[1]
+    if bool(inside.any()):
+        out[:, inside] = w1[:, at[inside] - i1]
+    later = at[~inside]
+    if len(later):
+        cols = weight[:, later]
+        if i:
+            if u.dim() == 2:
+                cols = cols - err_done @ u[i1 : i1 + i, later]
+            else:
+                cols = cols - torch.einsum("ri,rij->rj", err_done, u[:, i1 : i1 + i, later])
+        out[:, ~inside] = cols
+    return out
 
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -112,18 +112,20 @@ def recipe_of(cfg: dict) -> QuantRecipe | None:
     return None if recipe.default is None and not recipe.rules else recipe
 
 
+GPTQ_KEYS = ("damp", "act_order", "block_size", "static_groups", "sequential")
+
+
 def calibration_of(cfg: dict) -> CalibrationConfig | None:
     """The calibration PTQ of a config: `quant.method` (rtn: None) with the `calib` settings
     (num_utterances is the callback's; damp, act_order, block_size GPTQ's)."""
     method = method_label(cfg)
     check_choice("quant.method", method, METHODS)
     calib = dict(cfg.get("calib") or {})
-    check_keys("calib", calib, ("num_utterances", "damp", "act_order", "block_size"))
+    check_keys("calib", calib, ("num_utterances",) + GPTQ_KEYS)
     check_number("calib.num_utterances", calib.get("num_utterances", 128), ge=1, integer=True)
     with config_key("calib."):
         config = CalibrationConfig(method=method, **{k: calib[k] for k in
-                                                     ("damp", "act_order", "block_size")
-                                                     if k in calib})
+                                                     GPTQ_KEYS if k in calib})
     return config if config.needs_data else None
 
 
