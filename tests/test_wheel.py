@@ -5,6 +5,7 @@ The wheel is installed without -e into a fresh virtual environment that borrows 
 environment's installed dependencies (torch, lightning, ...) through a .pth line; that line
 does not run this environment's .pth files, so its editable asrquant stays invisible."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -28,6 +29,20 @@ def test_pyproject_lists_every_package_and_conf_group():
              for p in (ROOT / "asrquant").rglob("__init__.py")}
     groups = {f"asrquant.conf.{d.name}" for d in (ROOT / "conf").iterdir() if d.is_dir()}
     assert listed == rooms | groups | {"asrquant.conf", "asrquant.checkpoints"}
+
+
+def test_import_asrquant_is_light_and_its_public_names_are_the_real_ones():
+    bare = subprocess.run([sys.executable, "-c", "import sys, asrquant; "
+                           "print('torch' in sys.modules, asrquant.pretrained_names())"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bare.stdout.startswith("False ['cpu_an4_float', 'cpu_fsdd_float', "), bare.stderr
+    import asrquant
+
+    for name, module in asrquant._MODULE_OF.items():
+        assert getattr(asrquant, name) is getattr(importlib.import_module(module), name)
+        assert name in asrquant.__all__
+    with pytest.raises(AttributeError, match="no attribute 'quantise_'"):
+        asrquant.quantise_  # noqa: B018
 
 
 @pytest.fixture(scope="module")
