@@ -452,3 +452,16 @@ def test_the_size_bench_reproduces_the_tiny_table_it_wrote():
                         for m, v in r["models"].items()}
     assert stored(now) == stored(saved)
     assert now["models"]["wav2vec2_folded"]["recipes"]["int2_asym_g32"]["left_float"] == {}
+
+
+def test_the_readme_example_runs_and_its_packed_model_equals_the_fake_quant_one(tmp_path,
+                                                                              monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("**3. Your own model", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    x, lengths = torch.randn(2, 40, 144), torch.tensor([40, 31])
+    with torch.no_grad():
+        assert torch.equal(scope["packed"](x, lengths)[0], scope["model"].eval()(x, lengths)[0])
+    assert (tmp_path / "conformer.safetensors").is_file()
