@@ -163,9 +163,10 @@ fi
 if [[ $FROM -le 5 ]]; then
   stage "5. packed export of the main recipes (predicted vs file bytes), and the packed QAT
   2-bit file decodes the test sets with the fake-quant WER"
-  for r in float int8 int4 int4_asym_g128 int2_asym_g32 int2_asym_g32_mse mixed_attn4_rest2; do
-    $BIN/asrquant-export ckpt="$(q "$CKPT")" quant=$r hydra.run.dir="$(q "$OUT/export/$r")"
-  done
+  # one process for the seven files: $OUT/export/<recipe>/model.safetensors
+  $BIN/asrquant-export -m ckpt="$(q "$CKPT")" \
+    quant=float,int8,int4,int4_asym_g128,int2_asym_g32,int2_asym_g32_mse,mixed_attn4_rest2 \
+    hydra.sweep.dir="$(q "$OUT/export")" 'hydra.sweep.subdir=${hydra.runtime.choices.quant}'
   QAT2_DIR=$(find_run "$OUT/qat" recipe.name=int2_asym_g32)
   $BIN/asrquant-export ckpt="$(q "$QAT2_DIR/checkpoints/best.ckpt")" \
     hydra.run.dir="$(q "$OUT/export/qat_int2_asym_g32")"
