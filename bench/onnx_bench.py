@@ -1,7 +1,7 @@
 """ONNX Runtime against our torch models: latency, file size, peak RSS. Prints JSON.
 
     python bench/onnx_bench.py [--size cpu] [--ckpt models/cpu_synthetic_float.safetensors]
-        [--utterances 8] [--rounds 3] [--threads 2] [--levels 0,4] [--peers rtn,hqq]
+        [--utterances 8] [--rounds 3] [--threads 2] [--levels 0,4] [--peers rtn,hqq] [--settle 0.05]
         [--manifest test.jsonl] [--out results.json] [--workdir DIR [--export-only]]
 
 Models, all from one float model (--ckpt, or random weights of --size: latency and size do
@@ -18,7 +18,9 @@ not depend on training):
                                 ONNX, same bits and block size, asymmetric, accuracy level 4
   torch_float32 / torch_int2_g32 our torch model and our packed torch int2 (unpack per call)
 Latency: per utterance (batch of one: log-probs only, no decoding), the models taking turns on
-every utterance, --rounds rounds, median; intra_op_num_threads = torch threads = --threads.
+every utterance, --rounds rounds, median, an untimed --settle pause before each call;
+intra_op_num_threads = torch threads = --threads. The two torch models take their turns
+before any onnxruntime session is created (beside the sessions they ran 2-3x slower).
 Peak RSS: a fresh process per model that imports onnxruntime, creates the session and runs
 one utterance (VmHWM, reset after the imports). The targets of issue 11 are checked at the
 end (`targets`): int2/int4 latency <= 1.0x onnx_float32 at the CPU size and <= 0.7x at L,
@@ -106,8 +108,14 @@ def peak_rss(path: Path, threads: int, audio_npy: Path) -> dict:
     return {"rss_after_imports_bytes": int(out[-2]), "peak_rss_growth_bytes": int(out[-1])}
 
 
-def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int) -> dict:
-    """Median ms per utterance; every model runs each utterance in turn, `rounds` times."""
+def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int,
+                   settle_s: float = 0.05) -> dict:
+    """Median ms per utterance; every model runs each utterance in turn, `rounds` times.
+
+    Before each timed call the process sleeps `settle_s` (untimed): onnxruntime's intra-op
+    threads spin for a while after a run, and without the pause they took the 2 cores from
+    whichever model ran next (the torch float32 model, run right after the last session,
+    measured 3x slower than the packed int2 one run after it)."""
     feeds = [{"audio": a.numpy()[None], "audio_lens": np.array([a.numel()], np.int64)}
              for a in audio]
     times = {name: [] for name in [*sessions, *torch_models]}
@@ -119,10 +127,12 @@ def onnx_latencies(sessions: dict, torch_models: dict, audio, rounds: int) -> di
         for _ in range(rounds):
             for a, feed in zip(audio, feeds, strict=True):
                 for name, s in sessions.items():
+                    time.sleep(settle_s)
                     t0 = time.perf_counter()
                     s.run(None, feed)
                     times[name].append(1000 * (time.perf_counter() - t0))
                 for name, m in torch_models.items():
+                    time.sleep(settle_s)
                     t0 = time.perf_counter()
                     m(a[None], torch.tensor([a.numel()]))
                     times[name].append(1000 * (time.perf_counter() - t0))
@@ -174,6 +184,9 @@ def main():
     ap.add_argument("--peers", default="rtn,hqq", help=f"subset of {','.join(PEER_ALGOS)}, or ''")
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--settle", type=float, default=0.05,
+                    help="untimed seconds before each timed call (onnxruntime's threads spin "
+                         "after a run and would slow the next model)")
     ap.add_argument("--workdir", default=None,
                     help="keep the exported files here and reuse them (default: a temp folder)")
     ap.add_argument("--export-only", action="store_true",
@@ -193,7 +206,7 @@ def main():
         sys.exit(str(e))
     ckpt = float_ckpt(args)
     results = {"size": args.size, "ckpt": args.ckpt, "threads": args.threads,
-               "rounds": args.rounds, "audio": timed, "levels": levels,
+               "rounds": args.rounds, "settle_s": args.settle, "audio": timed, "levels": levels,
                "onnxruntime": ort.__version__, "torch": torch.__version__,
                "machine": platform.machine(), "cpu_count": os.cpu_count(), "models": {}}
     models = results["models"]
@@ -238,12 +251,19 @@ def main():
         if args.export_only:
             print(json.dumps({name: str(path) for name, path in files.items()}, indent=2))
             return
+        # our torch models first, taking turns among themselves before any session exists:
+        # timed between onnxruntime sessions they ran 2-3x slower than alone (the sessions'
+        # thread pools beside torch's on 2 cores), which made that comparison meaningless
+        for name, ms in onnx_latencies({}, torch_models, audio, args.rounds,
+                                        args.settle).items():
+            models.setdefault(name, {})["latency_ms_median"] = round(ms, 3)
         sessions = {name: session(path, args.threads) for name, path in files.items()}
         for name, path in files.items():
             models.setdefault(name, {})["file_bytes"] = path.stat().st_size
             if not args.no_rss:
                 models[name].update(peak_rss(path, args.threads, tmp / "audio.npy"))
-        for name, ms in onnx_latencies(sessions, torch_models, audio, args.rounds).items():
+        for name, ms in onnx_latencies(sessions, {}, audio, args.rounds,
+                                        args.settle).items():
             models.setdefault(name, {})["latency_ms_median"] = round(ms, 3)
         del sessions
         for name in ("onnx_float32", *[f"onnx_{r}_level{lv}" for r in RECIPES
