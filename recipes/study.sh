@@ -27,7 +27,7 @@
 #   CKPT     start from this float model instead of training one
 #   MODE     full (default: the grid above, 4 QAT epochs) | main (the README's main job: bits
 #            8/4/2, groups 128/32, one QAT epoch at 2 bits and its control, no search or
-#            peers) | quick (smoke run in minutes: tiny corpus, 60 training steps)
+#            peers) | quick (smoke run in minutes: tiny corpus, 40 training steps, no clip search)
 #   OUT (default runs/<corpus>_study[_main|_quick]), DOCS (where the report goes; default
 #   docs/results/<corpus> for full, OUT/report otherwise), THREADS (default 2),
 #   FROM (first stage to run, default 1; an interrupted study resumes with FROM=n CKPT=...)
@@ -73,7 +73,7 @@ case $MODE in
   main)  BITS=8,4,2; GROUP_SIZES=128,32; CLIPS=none,mse; QAT_EPOCHS=${QAT_EPOCHS-1}
          QAT=float,int2_asym_g32; SEARCH=; PEERS=${PEERS-}; CALIB=${CALIB-}
          OUT=${OUT:-runs/${CORPUS}_study_main}; DOCS=${DOCS:-$OUT/report} ;;
-  quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none,mse; QAT_EPOCHS=1
+  quick) BITS=4,2; GROUP_SIZES=32; CLIPS=none; QAT_EPOCHS=1
          QAT=float,int2_asym_g32; SEARCH=1; PEERS=${PEERS-}; CALIB=${CALIB-smoke}
          OUT=${OUT:-runs/${CORPUS}_study_quick}; DOCS=${DOCS:-$OUT/report}
          if [[ $CORPUS == synthetic ]]; then
@@ -81,7 +81,7 @@ case $MODE in
                         data.synthetic.n_test_voices=40)
            COMMON+=("${SEARCH_DATA[@]}")
          fi
-         TRAIN=(trainer.max_steps=60 optim.warmup_steps=10 model.num_layers=2)
+         TRAIN=(trainer.max_steps=40 optim.warmup_steps=10 model.num_layers=2)
          PEERS_ARGS=(--calib-utterances 0 --max-utts 10) ;;  # smoke: no gptq rows (tested in
          # tests/test_peers_bench.py), 10 utterances per test set
   *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
