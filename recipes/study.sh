@@ -192,7 +192,7 @@ if [[ $FROM -le 8 && $CALIB == smoke ]]; then  # quick mode: one run of each new
   check_stage "$OUT/ptq_calib"
   stage "9. QAT ablation (smoke: gptq+kd+lsq)"
   $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
-    trainer.max_steps=20 optim.warmup_steps=5 quant=int2_asym_g32 quant.method=gptq \
+    trainer.max_steps=10 optim.warmup_steps=2 quant=int2_asym_g32 quant.method=gptq \
     qat.kd_weight=1.0 qat.scales=learned calib.num_utterances=16 "${SUB[@]}" \
     hydra.sweep.dir="$OUT/qat_ablation/all"
   check_stage "$OUT/qat_ablation/all"
