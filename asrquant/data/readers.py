@@ -118,6 +118,38 @@ def librispeech_utterances(root: str | os.PathLike, splits: Iterable[str]) -> It
                                     speaker=utt_id.split("-", 1)[0])
 
 
+def manifest_entries(path: str | os.PathLike) -> Iterator[tuple[str, dict | BadDataError]]:
+    """("<manifest>:<line>", the line's JSON object) for every non-empty line of a JSONL
+    manifest, or a BadDataError naming the line when it is not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    with open(path, encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, BadDataError(f"{where}: not JSON ({err})")
+                continue
+            if not isinstance(entry, dict):
+                yield where, BadDataError(f"{where}: expected a JSON object, got "
+                                          f"{type(entry).__name__}")
+                continue
+            yield where, entry
+
+
+def entry_audio_and_id(manifest: str | os.PathLike, entry: dict) -> tuple[Path, str]:
+    """A manifest entry's audio path (relative ones against the manifest's folder) and its
+    utterance id: "id", else "audio_filepath" without its extension."""
+    audio_path = Path(entry["audio_filepath"])
+    if not audio_path.is_absolute():
+        audio_path = Path(manifest).parent / audio_path
+    return audio_path, str(entry.get("id") or Path(entry["audio_filepath"]).with_suffix(""))
+
+
 def manifest_utterances(
     path: str | os.PathLike, policy: Policy = "error", report: BadDataReport | None = None
 ) -> Iterator[Utterance]:
@@ -131,48 +163,31 @@ def manifest_utterances(
     manifest and line number, or are skipped and recorded in `report`, per `policy`.
     """
     check_policy(policy)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    folder = path.parent
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                handle_bad_data(policy, report, where, BadDataError(f"{where}: not JSON ({err})"))
-                continue
-            if not isinstance(entry, dict):
-                error = BadDataError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-                handle_bad_data(policy, report, where, error)
-                continue
-            missing = [key for key in ("audio_filepath", "duration", "text") if key not in entry]
-            if missing:
-                error = BadDataError(f"{where}: missing key(s) {missing}; has {sorted(entry)}")
-                handle_bad_data(policy, report, where, error)
-                continue
-            audio_path = Path(entry["audio_filepath"])
-            if not audio_path.is_absolute():
-                audio_path = folder / audio_path
-            utt_id = str(entry.get("id") or Path(entry["audio_filepath"]).with_suffix(""))
-            text = entry["text"]
-            if not isinstance(text, str) or not normalize_text(text):
-                error = BadDataError(f"{where}: empty transcript {text!r} for {audio_path}"
-                                     f"{_empty_after_normalisation(text)}")
-                handle_bad_data(policy, report, utt_id, error)
-                continue
-            try:
-                duration = float(entry["duration"])
-            except (TypeError, ValueError):
-                error = BadDataError(f"{where}: duration {entry['duration']!r} is not a number")
-                handle_bad_data(policy, report, utt_id, error)
-                continue
-            speaker = entry.get("speaker")
-            yield Utterance(utt_id, str(audio_path), text, duration,
-                            None if speaker is None else str(speaker))
+    for where, entry in manifest_entries(path):
+        if isinstance(entry, BadDataError):
+            handle_bad_data(policy, report, where, entry)
+            continue
+        missing = [key for key in ("audio_filepath", "duration", "text") if key not in entry]
+        if missing:
+            error = BadDataError(f"{where}: missing key(s) {missing}; has {sorted(entry)}")
+            handle_bad_data(policy, report, where, error)
+            continue
+        audio_path, utt_id = entry_audio_and_id(path, entry)
+        text = entry["text"]
+        if not isinstance(text, str) or not normalize_text(text):
+            error = BadDataError(f"{where}: empty transcript {text!r} for {audio_path}"
+                                 f"{_empty_after_normalisation(text)}")
+            handle_bad_data(policy, report, utt_id, error)
+            continue
+        try:
+            duration = float(entry["duration"])
+        except (TypeError, ValueError):
+            error = BadDataError(f"{where}: duration {entry['duration']!r} is not a number")
+            handle_bad_data(policy, report, utt_id, error)
+            continue
+        speaker = entry.get("speaker")
+        yield Utterance(utt_id, str(audio_path), text, duration,
+                        None if speaker is None else str(speaker))
 
 
 def read_utterances(

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from asrquant.data.audio import SAMPLE_RATE, AudioError, BadDataError, read_audio
-from asrquant.data.readers import check_policy
+from asrquant.data.readers import check_policy, entry_audio_and_id, manifest_entries
 from asrquant.data.text import normalize_text
 from asrquant.export import load_quantized
 from asrquant.export.onnx import load_onnx
@@ -161,28 +161,18 @@ def manifest_items(path: str | os.PathLike, on_bad: OnBad = _raise) -> Iterator[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                on_bad(BadDataError(f"{where}: not JSON ({e})"))
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("audio_filepath"), str):
-                what = (f"keys {sorted(entry)}" if isinstance(entry, dict)
-                        else f"a {type(entry).__name__}")
-                on_bad(BadDataError(f"{where}: expected a JSON object with 'audio_filepath', "
-                                    f"got {what}"))
-                continue
-            audio = Path(entry["audio_filepath"])
-            utt_id = str(entry.get("id") or audio.with_suffix(""))
-            text = entry.get("text")
-            ref = normalize_text(text) if isinstance(text, str) else ""
-            yield Item(utt_id, str(audio if audio.is_absolute() else path.parent / audio),
-                       ref or None)
+    for where, entry in manifest_entries(path):
+        if isinstance(entry, BadDataError):
+            on_bad(entry)
+            continue
+        if not isinstance(entry.get("audio_filepath"), str):
+            on_bad(BadDataError(f"{where}: expected a JSON object with 'audio_filepath', "
+                                f"got keys {sorted(entry)}"))
+            continue
+        audio, utt_id = entry_audio_and_id(path, entry)
+        text = entry.get("text")
+        ref = normalize_text(text) if isinstance(text, str) else ""
+        yield Item(utt_id, str(audio), ref or None)
 
 
 def read_item(item: Item) -> torch.Tensor:
