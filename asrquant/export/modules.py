@@ -31,6 +31,7 @@ from asrquant.export.packed import (
     FORMAT,
     ExportError,
     check_finite,
+    check_format,
     meta_json,
     packed_key,
     read_packed_weight,
@@ -150,15 +151,9 @@ def load_packed(model: nn.Module | Callable[[], nn.Module],
     """
     path = Path(path)
     meta, tensors = read_safetensors(path)
-    fmt = meta.get("format")
-    if fmt != MODULE_FORMAT:
-        hint = (": a recognizer file; load it with asrquant.export.load_quantized"
-                if fmt == FORMAT else "")
-        raise ExportError(f"{path}: format {fmt!r} is not {MODULE_FORMAT!r}{hint}")
-    version = meta.get("format_version")
-    if version not in _READS:
-        raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
-                          f"versions {', '.join(_READS)}")
+    check_format(meta, path, MODULE_FORMAT, _READS,
+                 hint=(": a recognizer file; load it with asrquant.export.load_quantized"
+                       if meta.get("format") == FORMAT else ""))
     quantized = meta_json(meta, "quantized", path)
     meta_json(meta, "recipe", path)
     saved_from = meta.get("module", "?")

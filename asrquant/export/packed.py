@@ -102,6 +102,17 @@ def meta_json(meta: dict, key: str, path) -> object:
         raise ExportError(f"{path}: metadata {key!r} is not valid JSON: {e}") from None
 
 
+def check_format(meta: dict, path, fmt: str, reads: tuple[str, ...], hint: str = "") -> None:
+    """The file's metadata names format `fmt` at a version in `reads`; `hint` ends the
+    format error (e.g. which loader a file of the other format needs)."""
+    if meta.get("format") != fmt:
+        raise ExportError(f"{path}: format {meta.get('format')!r} is not {fmt!r}{hint}")
+    version = meta.get("format_version")
+    if version not in reads:
+        raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
+                          f"versions {', '.join(reads)}")
+
+
 def check_finite(name: str, t: torch.Tensor, path) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ExportError(f"{path}: tensor {name!r} contains NaN or Inf")
@@ -177,12 +188,8 @@ def load_quantized(path: str | os.PathLike, map_location: str = "cpu") -> ASRMod
     """
     path = model_path(path)
     meta, tensors = read_safetensors(path)
-    if meta.get("format") != FORMAT:
-        raise ExportError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    version = meta.get("format_version")
-    if version not in READS_VERSIONS:
-        raise ExportError(f"{path}: written in format version {version!r}; this asrquant reads "
-                          f"versions {', '.join(READS_VERSIONS)}")
+    check_format(meta, path, FORMAT, READS_VERSIONS)
+    version = meta["format_version"]
     model_config = meta_json(meta, "model_config", path)
     tokenizer = tokenizer_from_state(meta_json(meta, "tokenizer_state", path))
     quantized = meta_json(meta, "quantized", path)
