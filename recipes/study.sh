@@ -33,7 +33,10 @@
 #   FROM (first stage to run, default 1; an interrupted study resumes with FROM=n CKPT=...)
 #   CALIB    stages 8-9: full (default in MODE=full) | smoke (MODE=quick: one run of each) |
 #            empty (MODE=main: skipped)
-#   ABLATION the QAT runs of stage 9 (default: all gptq_init kd lsq sym_all dq_gptq_kd)
+#   ABLATION the QAT runs of stage 9 (default: all gptq_init kd lsq sym_all dq_gptq_kd; also
+#            dq: int2_asym_g32_dq QAT from round-to-nearest, no other ingredient)
+#   QAT_OPTIM the learning-rate schedule of stages 3 and 9 (conf/optim; default: the
+#            experiment's, noam; cosine anneals to 2% of the peak at the last step)
 #   QAT, SEARCH (MODE=full) the QAT recipes of stage 3 and whether stage 4 runs (empty: no);
 #   QAT_EPOCHS (MODE=main, default 1) epochs of stages 3 and 9
 set -euo pipefail
@@ -87,6 +90,12 @@ case $MODE in
   *) echo "MODE=$MODE is invalid; allowed: full, main, quick"; exit 2 ;;
 esac
 ABLATION=${ABLATION-all gptq_init kd lsq sym_all dq_gptq_kd}
+QAT_OPTIM=${QAT_OPTIM:-}
+case $QAT_OPTIM in
+  ""|noam|cosine) ;;
+  *) echo "QAT_OPTIM=$QAT_OPTIM is invalid; allowed: noam, cosine (conf/optim)"; exit 2 ;;
+esac
+FINETUNE=(experiment=finetune ${QAT_OPTIM:+optim=$QAT_OPTIM})
 mkdir -p "$OUT"
 started=$SECONDS
 # Each stage's wall time is printed when it ends and written, with the machine, to
@@ -137,7 +146,7 @@ fi
 
 if [[ $FROM -le 3 ]]; then
   stage "3. QAT, and the float control with the same steps"
-  $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
+  $BIN/asrquant-train -m "${FINETUNE[@]}" "${COMMON[@]}" init_from="$(q "$CKPT")" \
     quant=$QAT trainer.max_epochs=$QAT_EPOCHS "${SUB[@]}" hydra.sweep.dir="$OUT/qat"
   check_stage "$OUT/qat"
 fi
@@ -217,7 +226,7 @@ if [[ $FROM -le 9 && $CALIB == full ]]; then
   stage "9. QAT ablation at 2 bits: init from GPTQ, distillation, learned scales"
   ablation() {  # NAME, then overrides of one QAT run (same steps as the stage-3 control)
     local name=$1; shift
-    $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
+    $BIN/asrquant-train -m "${FINETUNE[@]}" "${COMMON[@]}" init_from="$(q "$CKPT")" \
       trainer.max_epochs=$QAT_EPOCHS "$@" "${SUB[@]}" hydra.sweep.dir="$OUT/qat_ablation/$name"
     check_stage "$OUT/qat_ablation/$name"
   }
@@ -230,7 +239,8 @@ if [[ $FROM -le 9 && $CALIB == full ]]; then
       lsq) ablation lsq quant=int2_asym_g32 qat.scales=learned ;;
       sym_all) ablation sym_all quant=int2_sym_g32 "${ALL[@]}" ;;
       dq_gptq_kd) ablation dq_gptq_kd quant=int2_asym_g32_dq quant.method=gptq qat.kd_weight=1.0 ;;
-      *) echo "ABLATION member $name is invalid; allowed: all gptq_init kd lsq sym_all dq_gptq_kd"
+      dq) ablation dq quant=int2_asym_g32_dq ;;
+      *) echo "ABLATION member $name is invalid; allowed: all gptq_init kd lsq sym_all dq_gptq_kd dq"
          exit 2 ;;
     esac
   done
