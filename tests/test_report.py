@@ -424,3 +424,19 @@ def test_a_qat_only_row_takes_the_file_size_of_its_recipe(tmp_path):
     assert by["int2 asym g32 gptq+kd"]["size_bytes"] == 812_345  # the int2 asym g32 file
     assert by["int2 asym g32 gptq+kd"]["from_file"]
     assert by["int2 asym g32 gptq+kd"]["param_bytes"] == 500_000
+
+
+def test_a_dev_tie_goes_to_the_smaller_file_then_to_fewer_qat_ingredients(tmp_path):
+    root = study_sweep(tmp_path)
+    # distillation ties plain QAT (int2 asym g32, dev 9.05%) on dev and sorts first by folder;
+    # its test WER is higher: the tie must not be broken by folder order nor by test WER
+    kd = with_method(result("qat", "a32", 2, 0.8, 0.095, dev=0.0905), "kd")
+    (root / "a_kd").mkdir()
+    (root / "a_kd" / "results.json").write_text(json.dumps(kd))
+    main([str(root)])
+    line = next(x for x in (root / "results.md").read_text().splitlines()
+                if "**2-bit QAT is lossless**" in x)
+    assert "int2 asym g32 after QAT 9.05%" in line, line
+    rows, _, _ = study_rows(load_runs(root), "test")
+    assert [r["method"] for r in rows if r["recipe"].startswith("int2 asym g32")
+            and r.get("qat_wer") is not None] == ["kd", None]

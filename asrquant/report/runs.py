@@ -189,11 +189,19 @@ def dev_wer(run: dict) -> float | None:
     return None
 
 
+def ingredients(method: str | None) -> int:
+    """How many ingredients a run's `method` names: 0 for round-to-nearest ('rtn' or none),
+    else the parts of e.g. 'gptq+kd+lsq' (3)."""
+    return 0 if method in (None, "", "rtn") else len(method.split("+"))
+
+
 def best_on_dev(rows: list[dict], key: str = "dev_wer") -> dict | None:
-    """The row with the lowest dev WER (`key`), the smaller file on a tie; None when no row
-    has one. Test WER never enters the choice."""
+    """The row with the lowest dev WER (`key`); on a tie the smaller file, then the recipe
+    with fewer ingredients (`method`: plain QAT before QAT with distillation); None when no
+    row has one. Test WER never enters the choice."""
     scored = [r for r in rows if r.get(key) is not None]
-    return min(scored, key=lambda r: (r[key], r["size_mb"])) if scored else None
+    return min(scored, key=lambda r: (r[key], r["size_mb"], ingredients(r.get("method")))) \
+        if scored else None
 
 
 def build_rows(runs: list[dict], test_set: str, baseline: dict | None = None):
@@ -210,7 +218,7 @@ def build_rows(runs: list[dict], test_set: str, baseline: dict | None = None):
                      "mode": r.get("mode", ""), **_spec_fields(r),
                      "size_mb": r["size_bytes"] / 1e6, "eff_bits": r.get("effective_bits"),
                      "wer": t["wer"], "cer": t.get("cer"), "words": t.get("words"),
-                     "dev_wer": dev_wer(r)})
+                     "dev_wer": dev_wer(r), "method": r.get("method")})
     best4 = best_on_dev([row for row in rows if row["bits"] == 4 and row["mode"] == "ptq"])
     base_size = base["size_bytes"] / 1e6 if base else None
     base_wer = base["test"][test_set]["wer"] if base else None
@@ -251,7 +259,8 @@ def study_rows(runs: list[dict], test_set: str):
     for r in ok:
         fields = _spec_fields(r)
         row = by_label.setdefault(fields["recipe"], {**fields, "runs": [],
-                                                      "base": _recipe_fields(r)["recipe"]})
+                                                      "base": _recipe_fields(r)["recipe"],
+                                                      "method": r.get("method")})
         row["runs"].append(r["_path"])
         wer = r["test"][test_set]["wer"]
         if r.get("mode") in ("ptq", "float"):
