@@ -41,3 +41,16 @@ def test_quick_study_runs_every_stage_and_writes_the_report(tmp_path):
     assert stages == ["1", "2", "3", "4", "5", "6", "8", "9", "7"]  # the report runs last
     assert timing["total_s"] == sum(s["wall_s"] for s in timing["stages"]) > 0
     assert timing["mode"] == "quick" and timing["machine"]["cores"] >= 1
+
+
+def test_study_and_the_cosine_qat_recipe_refuse_bad_settings_by_name(tmp_path):
+    env = {**os.environ, "QAT_OPTIM": "adam", "OUT": str(tmp_path / "s")}
+    proc = subprocess.run(["bash", str(ROOT / "recipes/study.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "QAT_OPTIM=adam is invalid; allowed: noam, cosine" \
+        in proc.stdout, proc.stdout + proc.stderr
+    env = {**os.environ, "REF": str(tmp_path / "missing"), "OUT": str(tmp_path / "c")}
+    proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/qat12_cosine.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "has no ptq_group" in proc.stdout, proc.stdout + proc.stderr
+    assert not (tmp_path / "c").exists()  # nothing started
