@@ -158,10 +158,7 @@ def manifest_items(path: str | os.PathLike, on_bad: OnBad = _raise) -> Iterator[
     "audio_filepath" against the manifest's folder; id: "id", else that path without its
     extension), except that "text" (the reference) and "duration" are optional here. A line
     that is not a JSON object with "audio_filepath" goes to `on_bad`, naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
-    for where, entry in manifest_entries(path):
+    for where, entry in manifest_entries(path):  # a missing manifest: FileNotFoundError
         if isinstance(entry, BadDataError):
             on_bad(entry)
             continue

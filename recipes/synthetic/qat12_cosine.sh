@@ -23,7 +23,8 @@ REF=${REF:-runs/synthetic_study12}
   "(docs/results/README.md, synthetic_issue12)"; exit 2; }
 COMMON=(threads="$THREADS" trainer.enable_progress_bar=false)
 FINETUNE=(experiment=finetune optim=cosine init_from="$CKPT" trainer.max_epochs=12)
-done_ok() { [[ -f $1/results.json ]] && grep -q '"status": "ok"' "$1/results.json"; }
+source recipes/lib.sh
+done_ok() { [[ -d $1 && -n "$(find_run "$1")" ]]; }  # DIR holds a finished (ok) run
 mkdir -p "$OUT"
 for d in ptq_float_mixed ptq_channel ptq_group ptq_calib ptq_calib_rtn ptq_calib_int3 \
          ptq_calib_int4; do
