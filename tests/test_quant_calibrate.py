@@ -11,7 +11,13 @@ from torch import nn
 from asrquant.lightning.callbacks import QuantizationCallback
 from asrquant.quant import QuantRecipe, QuantSpec, dequantize, quantize
 from asrquant.quant.calibrate import CalibrationConfig, calibrate_quantize, conv_inputs
-from asrquant.quant.gptq import gptq_quantize, group_hessians, output_error
+from asrquant.quant.gptq import (
+    gptq_quantize,
+    group_hessians,
+    output_error,
+    refit_scales,
+    row_output_errors,
+)
 from asrquant.quant.packed import PackedWeight, pack_module_weights, packed_state_dict
 
 
@@ -106,6 +112,60 @@ def test_groups_chosen_on_the_way_do_not_depend_on_the_block_size(act_order):
         assert torch.equal(qt.zero_point, runs[0].zero_point)
     packed = PackedWeight.from_quantized(runs[0])  # ordinary codes: the packed file decodes them
     assert torch.equal(packed(), dequantize(runs[0]))
+
+
+def test_refit_scales_equal_least_squares_on_the_calibration_outputs():
+    """float32 scales (no rounding): per row the scales solve min ||X w - X w^(s)|| with
+    w^_i = s_g(i) (q_i - z_g(i)), here by lstsq on the design matrix X v_g."""
+    spec = QuantSpec(bits=2, group_size=8, scale_dtype="float32")
+    w = torch.randn(5, 20, generator=torch.Generator().manual_seed(3))  # 3 groups, last padded
+    x = correlated_inputs(20, seed=4).double()
+    qt = gptq_quantize(w, (x.T @ x).float(), spec)
+    got = refit_scales(w, qt, (x.T @ x).float())
+    assert torch.equal(got.codes, qt.codes) and torch.equal(got.zero_point, qt.zero_point)
+    group_of = torch.arange(20) // 8
+    v = qt.codes.double() - qt.zero_point.double()[:, group_of]
+    for r in range(5):
+        design = torch.stack([x @ (v[r] * (group_of == g)) for g in range(3)], dim=1)
+        want = torch.linalg.lstsq(design, x @ w[r].double()).solution
+        assert torch.allclose(got.scale[r].double(), want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(bits=2, group_size=8),
+                                  QuantSpec(bits=2, group_size=8, symmetric=True),
+                                  QuantSpec(bits=2, group_size=8, scale_bits=6),
+                                  QuantSpec(bits=3, symmetric=True, granularity="channel")])
+def test_refine_never_raises_a_rows_output_error_and_lowers_the_total(spec):
+    w = torch.randn(16, 40, generator=torch.Generator().manual_seed(7))
+    x = correlated_inputs(40, seed=8)
+    h = x.T @ x
+    plain = gptq_quantize(w, h, spec)
+    errs = [row_output_errors(w, dequantize(plain), h)]
+    for rounds in (1, 3):
+        qt = gptq_quantize(w, h, spec, refine=rounds)
+        assert qt.codes.dtype == plain.codes.dtype and qt.scale.dtype == plain.scale.dtype
+        assert int(qt.codes.min()) >= spec.qmin and int(qt.codes.max()) <= spec.qmax
+        errs.append(row_output_errors(w, dequantize(qt), h))
+        assert bool((errs[-1] <= errs[0]).all())
+        packed = PackedWeight.from_quantized(qt)  # ordinary codes and (super-)scales
+        assert torch.equal(packed(), dequantize(qt))
+    assert errs[1].sum() < 0.95 * errs[0].sum()
+    assert errs[2].sum() <= errs[1].sum()
+
+
+def test_refine_with_a_per_row_hessian_and_bad_values_named():
+    w = torch.randn(6, 9, generator=torch.Generator().manual_seed(2))
+    xs = [correlated_inputs(9, seed=s) for s in range(6)]
+    h = torch.stack([x.T @ x for x in xs])
+    spec = QuantSpec(bits=2, group_size=16)
+    plain, refined = gptq_quantize(w, h, spec), gptq_quantize(w, h, spec, refine=2)
+    assert output_error(w, dequantize(refined), h) < output_error(w, dequantize(plain), h)
+    with pytest.raises(ValueError, match="refine=-1.*integer >= 0"):
+        gptq_quantize(w, h, spec, refine=-1)
+    with pytest.raises(ValueError, match="refine=2 needs GPTQ codes; method='awq_clip'"):
+        CalibrationConfig("awq_clip", refine=2)
+    with pytest.raises(ValueError, match="refine=1.5"):
+        CalibrationConfig(refine=1.5)
 
 
 def test_groups_chosen_on_the_way_refuse_double_quantized_scales():
@@ -308,6 +368,43 @@ def test_a_module_stage_sees_the_quantized_layers_before_it_in_its_block(sequent
     assert torch.equal(out["blocks.0.2.weight"].codes, want.codes)
 
 
+def test_float_target_solves_least_squares_against_the_float_inputs():
+    from asrquant.quant.calibrate import _target
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(4, 12, generator=g)
+    x_float = correlated_inputs(12, seed=12)
+    x = x_float + 0.3 * torch.randn(x_float.shape, generator=g)  # the quantized model's inputs
+    v = _target(w, x.T @ x, x.T @ x_float, damp=0.0)
+    want = torch.linalg.lstsq(x.double(), (x_float @ w.T).double()).solution.T
+    assert torch.allclose(v.double(), want, rtol=0, atol=1e-4)
+    assert torch.equal(_target(w, x.T @ x, x.T @ x, damp=0.01), w)  # inputs agree: w itself
+    depthwise = _target(w, torch.stack([x.T @ x] * 4), torch.stack([x.T @ x_float] * 4), 0.0)
+    assert torch.allclose(depthwise, v, rtol=0, atol=1e-5)  # one Hessian per row
+
+
+def test_float_target_matches_the_float_model_better_and_leaves_the_first_stage_alone():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    plan = QuantRecipe(QuantSpec(bits=2, group_size=8)).plan(model)
+    batches = tiny_batches(8)
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in batches])
+    errs, chosen = {}, {}
+    for target in ("quantized", "float"):
+        cal = copy.deepcopy(model)
+        chosen[target] = calibrate_quantize(cal, plan, batches, lambda m, b: m(b),
+                                            CalibrationConfig(target=target))
+        for name, qt in chosen[target].items():  # float weights were only swapped in and out
+            assert torch.equal(cal.get_parameter(name).detach(), dequantize(qt))
+        with torch.no_grad():
+            errs[target] = (torch.cat([cal(b) for b in batches]) - ref).square().mean()
+    assert torch.equal(chosen["float"]["front.weight"].codes,
+                       chosen["quantized"]["front.weight"].codes)  # first stage: same inputs
+    assert not torch.equal(chosen["float"]["head.weight"].codes,
+                           chosen["quantized"]["head.weight"].codes)
+    assert errs["float"] < 0.8 * errs["quantized"]
+
+
 def test_bad_calibration_settings_name_the_value():
     with pytest.raises(ValueError, match="method='optq'.*gptq"):
         CalibrationConfig("optq")
@@ -317,6 +414,10 @@ def test_bad_calibration_settings_name_the_value():
         CalibrationConfig(sequential="layer")
     with pytest.raises(ValueError, match="static_groups='no'.*true or false"):
         CalibrationConfig(static_groups="no")
+    with pytest.raises(ValueError, match="target='teacher'.*'quantized', 'float'"):
+        CalibrationConfig(target="teacher")
+    with pytest.raises(ValueError, match="target='float' needs GPTQ; method='awq_clip'"):
+        CalibrationConfig("awq_clip", target="float")
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate_quantize(Tiny(), {}, [], lambda m, b: m(b))
 
@@ -378,6 +479,7 @@ def test_calib_bench_reports_the_largest_stage_hessians_exactly(capsys):
     ("eval", "quant.method=optq", r"quant.method='optq'.*gptq"),
     ("eval", "calib.damp=-1", r"calib.damp=-1"),
     ("eval", "calib.num_utterances=0", r"calib.num_utterances=0"),
+    ("eval", "calib.refine=-2", r"calib.refine=-2"),
     ("train", "qat.scales=lsq", r"qat.scales='lsq'.*learned"),
     ("train", "qat.kd_weight=-0.5", r"qat.kd_weight=-0.5"),
     ("train", "qat.kd_temperature=0", r"qat.kd_temperature=0"),
@@ -391,8 +493,23 @@ def test_bad_calibration_and_qat_settings_fail_validation_naming_the_key(cfg_of,
         validate_config(cfg, command)
 
 
+def test_refine_labels_the_method_and_needs_a_gptq_method(cfg_of):
+    from asrquant.runs import validate_config
+    from asrquant.runs.common import method_label, qat_label
+    cfg = cfg_of("train", ["quant=int2_asym_g32", "quant.method=gptq", "calib.refine=2",
+                           "qat.kd_weight=1.0"])
+    assert method_label(cfg) == "gptq+refine2" and qat_label(cfg) == "gptq+refine2+kd"
+    assert method_label(cfg_of("train", ["quant=int2_asym_g32", "quant.method=gptq"])) == "gptq"
+    assert method_label(cfg_of("eval", ["quant=int2_asym_g32", "quant.method=gptq",
+                                        "calib.target=float"])) == "gptq+float_target"
+    cfg = cfg_of("eval", ["quant=int2_asym_g32", "calib.refine=1", "ckpt=/nonexistent.ckpt"])
+    with pytest.raises(ValueError, match="calib.refine=1 needs GPTQ codes; method='rtn'"):
+        validate_config(cfg, "eval")
+
+
 def test_good_calibration_and_qat_settings_validate(cfg_of):
     from asrquant.runs import validate_config
     cfg = cfg_of("train", ["quant=int2_asym_g32", "quant.method=gptq_awq_clip",
-                           "qat.scales=learned", "qat.kd_weight=1.0", "calib.act_order=false"])
+                           "qat.scales=learned", "qat.kd_weight=1.0", "calib.act_order=false",
+                           "calib.refine=2"])
     validate_config(cfg, "train")

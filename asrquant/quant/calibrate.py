@@ -47,12 +47,16 @@ from .spec import QuantSpec
 METHODS = ("rtn", "gptq", "awq_clip", "gptq_awq_clip")
 NEEDS_CALIBRATION = ("gptq", "awq_clip", "gptq_awq_clip")
 SEQUENTIAL = ("block", "module")  # what one stage is: a numbered block, or each module
+TARGETS = ("quantized", "float")  # what a layer's quantized output should match (see _target)
 
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
     """How calibration PTQ runs: `method` (METHODS), GPTQ's dampening, act-order, block size,
-    static or on-the-way groups (`gptq_quantize`), and what a stage is (`sequential`)."""
+    static or on-the-way groups, rounds of least-squares scale refinement (`refine`; all in
+    `gptq_quantize`), what a stage is (`sequential`), and what a layer's quantized output
+    should match (`target`: "quantized": its float weights on the inputs the quantized layers
+    before it give, GPTQ's; "float": the float model's output, see `_target`)."""
 
     method: str = "gptq"
     damp: float = 0.01
@@ -60,6 +64,8 @@ class CalibrationConfig:
     block_size: int = 128
     static_groups: bool = True
     sequential: str = "block"
+    refine: int = 0
+    target: str = "quantized"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -75,6 +81,19 @@ class CalibrationConfig:
         if not isinstance(self.static_groups, bool):
             raise ValueError(f"static_groups={self.static_groups!r} is invalid; allowed: true "
                              "or false")
+        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool)
+                and self.refine >= 0):
+            raise ValueError(f"refine={self.refine!r} is invalid; allowed: an integer >= 0")
+        if self.refine and self.method not in ("gptq", "gptq_awq_clip"):
+            raise ValueError(f"refine={self.refine} needs GPTQ codes; method={self.method!r} "
+                             "allowed with refine=0 only (allowed methods for refine > 0: "
+                             "'gptq', 'gptq_awq_clip')")
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r} is invalid; allowed: {list(TARGETS)}")
+        if self.target == "float" and self.method not in ("gptq", "gptq_awq_clip"):
+            raise ValueError(f"target='float' needs GPTQ; method={self.method!r} allowed with "
+                             "target='quantized' only (allowed methods for target='float': "
+                             "'gptq', 'gptq_awq_clip')")
         if not (isinstance(self.block_size, int) and self.block_size >= 1):
             raise ValueError(f"block_size={self.block_size!r} is invalid; "
                              "allowed: an integer >= 1")
@@ -93,13 +112,24 @@ class _Hessian:
 
     def __init__(self):
         self.sum: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None  # X^T X_float (target="float")
         self.count = 0
 
-    def add(self, x: torch.Tensor) -> None:  # x: (N, n) or (rows, N, n)
-        x = x.detach().to(torch.float64)
+    def add(self, x: torch.Tensor, x_float: torch.Tensor | None = None) -> None:
+        x = x.detach().to(torch.float64)  # x: (N, n) or (rows, N, n)
         xtx = x.transpose(-1, -2) @ x
         self.sum = xtx if self.sum is None else self.sum + xtx
+        if x_float is not None:
+            if x_float.shape != x.shape:
+                raise ValueError(f"calibration: the float model's layer input has shape "
+                                 f"{tuple(x_float.shape)}, the quantized model's "
+                                 f"{tuple(x.shape)}; target='float' needs the same inputs")
+            xtf = x.transpose(-1, -2) @ x_float.detach().to(torch.float64)
+            self.cross = xtf if self.cross is None else self.cross + xtf
         self.count += x.shape[-2]
+
+    def cross_value(self) -> torch.Tensor | None:
+        return None if self.cross is None else (self.cross / max(self.count, 1)).to(torch.float32)
 
     def value(self) -> torch.Tensor:
         if self.sum is None:
@@ -226,6 +256,7 @@ def calibrate_quantize(
         by_module.setdefault(mod_name, []).append(name)
     was_training = model.training
     model.eval()
+    floats = {} if config.target == "float" else None  # float values of quantized weights
     try:
         order = _forward_order(model, batches, forward, list(by_module))
         stages: dict[str, list[str]] = {}
@@ -235,14 +266,20 @@ def calibrate_quantize(
         items = list(stages.items())
         for stage, mods in progress(items) if progress else items:
             t0 = time.perf_counter()
-            hessians = _collect(model, batches, forward, mods, by_module)
+            acc = _collect(model, batches, forward, mods, by_module, floats)
+            hessians = {name: a.value() for name, a in acc.items()}
             t1 = time.perf_counter()
             for m in mods:
                 for name in by_module[m]:
-                    out[name] = _quantize_one(model, name, plan[name], hessians[name], config)
+                    if floats is not None:
+                        floats[name] = model.get_parameter(name).detach().clone()
+                    out[name] = _quantize_one(model, name, plan[name], hessians[name], config,
+                                              acc[name].cross_value())
+                    acc[name].cross = None
             if stats is not None:
                 stats.append({"stage": stage, "weights": len(hessians),
-                              "hessian_bytes": sum(2 * h.numel() * h.element_size()
+                              "hessian_bytes": sum((2 if floats is None else 4) * h.numel()
+                                                   * h.element_size()
                                                    for h in hessians.values()),
                               "collect_s": t1 - t0, "quantize_s": time.perf_counter() - t1})
         return out
@@ -250,9 +287,63 @@ def calibrate_quantize(
         model.train(was_training)
 
 
-def _collect(model, batches, forward, mods: list[str], by_module) -> dict[str, torch.Tensor]:
-    """H of every planned weight of the modules `mods` (one stage), from all batches."""
+def _collect(model, batches, forward, mods: list[str], by_module, floats=None
+             ) -> dict[str, _Hessian]:
+    """H of every planned weight of the modules `mods` (one stage), from all batches. With
+    `floats` (target="float": name -> the float value of every weight quantized so far), each
+    batch first runs with those float weights swapped in, and X^T X_float is summed too,
+    X_float being the same layer's input in the float model."""
     acc = {name: _Hessian() for m in mods for name in by_module[m]}
+    pending: dict[str, list[torch.Tensor]] = {name: [] for name in acc}
+    mode = {"float": False}
+
+    def sink(name, x):
+        if mode["float"]:
+            pending[name].append(x.detach().clone())
+        else:
+            acc[name].add(x, pending[name].pop(0) if floats is not None else None)
+
+    handles = _input_hooks(model, mods, by_module, sink)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                for as_float in ([True] if floats is not None else []) + [False]:
+                    mode["float"] = as_float
+                    try:
+                        with _swapped(model, floats if as_float else None):
+                            forward(model, batch)
+                    except _StopForward:
+                        pass
+                left = [name for name, xs in pending.items() if xs]
+                if left:
+                    raise ValueError(f"calibration: {left[:3]} saw more inputs in the float "
+                                     "model than in the quantized one; target='float' needs "
+                                     "the same calls in both")
+    finally:
+        for h in handles:
+            h.remove()
+    return acc
+
+
+@contextlib.contextmanager
+def _swapped(model, values: dict[str, torch.Tensor] | None):
+    """The parameters named in `values` hold those tensors (no copy) inside the block."""
+    saved = {}
+    try:
+        for name, value in (values or {}).items():
+            param = model.get_parameter(name)
+            saved[name] = param.data
+            param.data = value
+        yield
+    finally:
+        for name, data in saved.items():
+            model.get_parameter(name).data = data
+
+
+def _input_hooks(model, mods: list[str], by_module, sink) -> list:
+    """Forward hooks on the modules `mods` that hand each planned weight's input rows to
+    `sink(name, x)` (see the module docstring for what they are per layer type) and stop
+    the forward after the last of them."""
     last = mods[-1]
     busy = set()
 
@@ -273,46 +364,62 @@ def _collect(model, batches, forward, mods: list[str], by_module) -> dict[str, t
                                 ctx = module(*args, **kwargs)[0]
                         finally:
                             busy.discard(m)
-                        acc[name].add(ctx.reshape(-1, ctx.shape[-1]))
+                        sink(name, ctx.reshape(-1, ctx.shape[-1]))
                     else:
                         key = args[1] if len(args) > 1 else kwargs.get("key", x)
                         value = args[2] if len(args) > 2 else kwargs.get("value", x)
                         if key is not x or value is not x:
                             raise ValueError(f"calibration of {name!r}: only self-attention "
                                              "(query is key is value) is supported")
-                        acc[name].add(x.reshape(-1, x.shape[-1]))
+                        sink(name, x.reshape(-1, x.shape[-1]))
                 elif isinstance(module, nn.Linear):
-                    acc[name].add(x.reshape(-1, x.shape[-1]))
+                    sink(name, x.reshape(-1, x.shape[-1]))
                 else:
-                    acc[name].add(conv_inputs(module, x))
+                    sink(name, conv_inputs(module, x))
             if m == last:
                 raise _StopForward
 
         return mod.register_forward_hook(hook, with_kwargs=True)
 
-    handles = [make_hook(m) for m in mods]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    forward(model, batch)
-                except _StopForward:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: a.value() for name, a in acc.items()}
+    return [make_hook(m) for m in mods]
+
+
+def _target(w: torch.Tensor, h: torch.Tensor, cross: torch.Tensor, damp: float
+            ) -> torch.Tensor:
+    """The weight whose outputs on the quantized model's inputs X best match the float
+    model's outputs X_f w (target="float", the asymmetric calibration of GPTAQ, Li et al.
+    2025): min_v ||X v - X_f w||^2 is solved by v = H^-1 C w = w + H^-1 (C - H) w with
+    H = X^T X and C = X^T X_f; the correction is damped like GPTQ's H, so v = w exactly when
+    the inputs agree (the first stage). Then ||X q - X_f w||^2 = (q - v)^T H (q - v) + const
+    (undamped), so GPTQ of v with H minimises the error against the float model's outputs."""
+    rows = w.shape[0]
+    flat = w.detach().reshape(rows, -1).to(torch.float64)
+    h64 = h.to(torch.float64)
+    hd = h64.clone()
+    mean = hd.diagonal(dim1=-2, dim2=-1).mean(dim=-1, keepdim=True)
+    hd.diagonal(dim1=-2, dim2=-1).add_(damp * mean)
+    dead = hd.diagonal(dim1=-2, dim2=-1) <= 0
+    hd.diagonal(dim1=-2, dim2=-1)[dead] = 1.0
+    gap = cross.to(torch.float64) - h64  # X^T (X_f - X)
+    if hd.dim() == 2:
+        v = flat + torch.linalg.solve(hd, gap @ flat.T).T
+    else:
+        v = flat + torch.linalg.solve(hd, gap @ flat.unsqueeze(-1)).squeeze(-1)
+    return v.to(torch.float32).reshape(w.shape)
 
 
 def _quantize_one(model, name: str, spec: QuantSpec, h: torch.Tensor,
-                  config: CalibrationConfig) -> QuantizedTensor:
+                  config: CalibrationConfig, cross: torch.Tensor | None = None
+                  ) -> QuantizedTensor:
     param = model.get_parameter(name)
     w = param.detach()
+    if cross is not None:
+        w = _target(w, h, cross, config.damp)
     if config.method in ("gptq", "gptq_awq_clip"):
         qt = gptq_quantize(w, h, spec, damp=config.damp, act_order=config.act_order,
                            block_size=config.block_size,
                            output_clip=config.method == "gptq_awq_clip",
-                           static_groups=config.static_groups)
+                           static_groups=config.static_groups, refine=config.refine)
     elif config.method == "awq_clip":
         qt = quantize(w, dataclasses.replace(spec, clip="mse"),
                       hessian=group_hessians(h, w.shape, spec))

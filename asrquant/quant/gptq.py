@@ -33,10 +33,12 @@ from .primitives import (
     QuantizedTensor,
     _codes_dtype,
     choose_qparams,
+    dequantize,
     dequantize_groups,
     group_layout,
     quantize,
     quantize_groups,
+    super_scales,
 )
 from .spec import QuantSpec
 
@@ -104,6 +106,7 @@ def gptq_quantize(
     block_size: int = 128,
     output_clip: bool = False,
     static_groups: bool = True,
+    refine: int = 0,
 ) -> QuantizedTensor:
     """GPTQ codes of `w` for inputs whose Hessian is `hessian` (see the module docstring).
 
@@ -113,9 +116,14 @@ def gptq_quantize(
         instead of `spec.clip`.
     static_groups: True: the qparams are those `quantize` would store, only the codes differ;
         False: each group's qparams come from its compensated weights (module docstring).
+    refine: rounds of scale refinement after GPTQ: least-squares scales for the codes
+        (`refit_scales`), then GPTQ codes for those scales; a row keeps whichever codes and
+        scales give it the least output error, so its error never rises. 0: plain GPTQ.
     """
     if not 0.0 <= damp <= 1.0:
         raise ValueError(f"GPTQ damp={damp!r} is invalid; allowed: a float in [0, 1]")
+    if not (isinstance(refine, int) and not isinstance(refine, bool) and refine >= 0):
+        raise ValueError(f"GPTQ refine={refine!r} is invalid; allowed: an integer >= 0")
     if block_size < 1:
         raise ValueError(f"GPTQ block_size={block_size!r} is invalid; allowed: an integer >= 1")
     layout = group_layout(w.shape, spec)
@@ -146,16 +154,59 @@ def gptq_quantize(
     if act_order:
         key = h.diagonal(dim1=-2, dim2=-1)
         perm = torch.argsort(key if key.dim() == 1 else key.sum(0), descending=True)
-        weight = weight[:, perm]
         h = h[..., perm, :][..., perm]
     u = _inverse_cholesky(h, damp)  # (n, n) or (rows, n, n)
     group_of = torch.arange(n) // glen
     if perm is not None:
         group_of = group_of[perm]
 
+    choose = None
     if dynamic:
+        def choose(g, now):  # a group's qparams from its compensated weights `now`
+            s_g, z_g, _ = choose_qparams(
+                F.pad(now, (0, glen - now.shape[1])).unsqueeze(1), qspec,
+                None if hg is None else hg[..., g : g + 1, :, :])
+            return s_g[:, 0, 0], None if z_g is None else z_g[:, 0, 0]
+
+    def codes_for(scale, zp, choose=None):
+        ordered = weight if perm is None else weight[:, perm]
+        codes = _round_columns(ordered.clone(), u, group_of, scale, zp, spec, block_size,
+                               glen, perm, choose)
+        if perm is not None:
+            codes = codes[:, torch.argsort(perm)]
+        return codes.reshape(w.shape).to(_codes_dtype(spec))
+
+    codes = codes_for(scale, zp, choose)
+    if not dynamic:
+        qt = dataclasses.replace(qt, codes=codes)
+    else:
+        qt = dataclasses.replace(qt, codes=codes, scale=scale.to(qt.scale.dtype),
+                                 zero_point=None if zp is None else zp.to(qt.zero_point.dtype))
+    if refine < 1:
+        return qt
+    # alternate: least-squares scales for these codes, GPTQ codes for those scales; each row
+    # keeps the pair with the least output error (so refine never raises a row's error)
+    target = weight.reshape(w.shape)
+    best, best_err = qt, row_output_errors(target, dequantize(qt), hessian)
+    for _ in range(refine):
+        fitted = refit_scales(target, best, hessian)
+        best, best_err = _keep_better(best, best_err, fitted, target, hessian)
+        zp_now = None if best.zero_point is None else best.zero_point.to(torch.float32)
+        again = dataclasses.replace(best, codes=codes_for(best.float_scale(), zp_now))
+        best, best_err = _keep_better(best, best_err, again, target, hessian)
+    fitted = refit_scales(target, best, hessian)
+    return _keep_better(best, best_err, fitted, target, hessian)[0]
+
+
+def _round_columns(weight, u, group_of, scale, zp, spec, block_size, glen, perm, choose):
+    """GPTQ's column loop over `weight` (rows, n) in processing order (modified in place):
+    the codes (rows, n), float32, in that order. `scale`/`zp` (rows, n_groups) are the
+    groups' qparams; `choose(g, now)` (dynamic groups) picks a group's qparams when its first
+    column is reached, writing them into `scale`/`zp`."""
+    rows, n = weight.shape
+    if choose is not None:
         position = torch.argsort(perm) if perm is not None else torch.arange(n)
-        chosen = [False] * layout.n_groups
+        chosen = [False] * scale.shape[1]
     codes = torch.empty(rows, n)
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
@@ -164,15 +215,12 @@ def gptq_quantize(
         u1 = u[..., i1:i2, i1:i2]
         for i in range(i2 - i1):
             g = int(group_of[i1 + i])
-            if dynamic and not chosen[g]:
+            if choose is not None and not chosen[g]:
                 at = position[g * glen : min(n, (g + 1) * glen)]  # all >= i1 + i
-                now = _current_columns(weight, w1, err1[:, :i], u, i1, i, at)
-                s_g, z_g, _ = choose_qparams(
-                    F.pad(now, (0, glen - now.shape[1])).unsqueeze(1), qspec,
-                    None if hg is None else hg[..., g : g + 1, :, :])
-                scale[:, g] = s_g[:, 0, 0]
+                s_g, z_g = choose(g, _current_columns(weight, w1, err1[:, :i], u, i1, i, at))
+                scale[:, g] = s_g
                 if zp is not None:
-                    zp[:, g] = z_g[:, 0, 0]
+                    zp[:, g] = z_g
                 chosen[g] = True
             s = scale[:, g : g + 1]
             z = None if zp is None else zp[:, g : g + 1]
@@ -189,13 +237,7 @@ def gptq_quantize(
                 weight[:, i2:] -= err1 @ u[i1:i2, i2:]
             else:
                 weight[:, i2:] -= torch.einsum("ri,rij->rj", err1, u[:, i1:i2, i2:])
-    if perm is not None:
-        codes = codes[:, torch.argsort(perm)]
-    codes = codes.reshape(w.shape).to(_codes_dtype(spec))
-    if not dynamic:
-        return dataclasses.replace(qt, codes=codes)
-    return dataclasses.replace(qt, codes=codes, scale=scale.to(qt.scale.dtype),
-                               zero_point=None if zp is None else zp.to(qt.zero_point.dtype))
+    return codes
 
 
 def _current_columns(weight, w1, err_done, u, i1: int, i: int, at: torch.Tensor) -> torch.Tensor:
@@ -225,3 +267,96 @@ def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) ->
     if h.dim() == 2:
         return float(((e @ h) * e).sum())
     return float(torch.einsum("ri,rij,rj->", e, h, e))
+
+
+def row_output_errors(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor
+                      ) -> torch.Tensor:
+    """Per row (rows,) the output error (w_r - w^_r)^T H (w_r - w^_r) (H shared or per row);
+    its sum is `output_error`."""
+    e = (w.detach().reshape(w.shape[0], -1) - w_hat.detach().reshape(w.shape[0], -1)).float()
+    h = hessian.float()
+    if h.dim() == 2:
+        return ((e @ h) * e).sum(dim=1)
+    return torch.einsum("ri,rij,rj->r", e, h, e)
+
+
+def refit_scales(w: torch.Tensor, qt: QuantizedTensor, hessian: torch.Tensor,
+                 chunk_floats: int = 1 << 24) -> QuantizedTensor:
+    """The group scales that minimise the output error of fixed codes and zero points.
+
+    Per row, w^_i = s_g(i) * (q_i - z_g(i)) is linear in the row's scales, so
+    min_s (w - w^)^T H (w - w^) is the n_groups x n_groups system A s = b with
+    A_gh = v_g^T H v_h and b_g = v_g^T H w, v_g the row's q - z on group g and 0 elsewhere
+    (solved in float64). The solution is rounded to the nearest `scale_dtype` value, or with
+    `scale_bits` re-encoded: a new super-scale (largest scale / (2^k - 1), rounded up) and
+    codes round(s / super) in [1, 2^k - 1]. A group whose codes all equal its zero point
+    keeps its scale; a row whose solution is not positive and finite, or whose rounded
+    scales do not lower its output error, keeps all its scales. Codes and zero points are
+    unchanged, so the result is ordinary codes on the same grid. Rows are processed in
+    chunks of at most `chunk_floats` floats of (rows, n_groups, n) work space.
+    """
+    spec = qt.spec
+    layout = qt.layout
+    rows, n, glen, ng = layout.rows, layout.row_len, layout.group_len, layout.n_groups
+    _check_hessian(hessian, rows, n, "refit_scales")
+    target = w.detach().reshape(rows, n).to(torch.float64)
+    h = hessian.to(torch.float64)
+    group_of = torch.arange(n) // glen
+    v = qt.codes.reshape(rows, n).to(torch.float64)
+    if qt.zero_point is not None:
+        v = v - qt.zero_point.to(torch.float64)[:, group_of]
+    mask = torch.nn.functional.one_hot(group_of, ng).T.to(torch.float64)  # (ng, n)
+    old = qt.float_scale().to(torch.float64)
+    solved = torch.empty(rows, ng, dtype=torch.float64)
+    step = max(1, chunk_floats // max(1, ng * n))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        vg = v[r0:r1].unsqueeze(1) * mask  # (c, ng, n)
+        t = vg @ h if h.dim() == 2 else torch.einsum("rgi,rij->rgj", vg, h[r0:r1])
+        a = t @ vg.transpose(1, 2)  # (c, ng, ng)
+        b = torch.einsum("rgn,rn->rg", t, target[r0:r1])
+        empty = a.diagonal(dim1=1, dim2=2) <= 0
+        a.diagonal(dim1=1, dim2=2)[empty] = 1.0
+        b[empty] = 0.0
+        a.diagonal(dim1=1, dim2=2).mul_(1.0 + 1e-9)  # a hair of ridge for near-singular A
+        s, info = torch.linalg.solve_ex(a, b.unsqueeze(-1))
+        s = s.squeeze(-1)
+        s = torch.where(empty, old[r0:r1], s)
+        bad = (info != 0) | ~torch.isfinite(s).all(dim=1) | (s <= 0).any(dim=1)
+        solved[r0:r1] = torch.where(bad.unsqueeze(1), old[r0:r1], s)
+    solved = solved.to(torch.float32)
+    if spec.scale_bits is None:
+        sdt = spec.torch_scale_dtype
+        tiny = torch.finfo(sdt).tiny
+        new = dataclasses.replace(qt, scale=solved.clamp(min=tiny).to(sdt))
+    else:
+        sup = super_scales(solved, spec)  # (rows, 1)
+        codes = torch.round(solved / sup).clamp_(1, 2**spec.scale_bits - 1)
+        new = dataclasses.replace(qt, scale=codes.to(torch.uint8),
+                                  super_scale=sup.reshape(-1).to(spec.torch_scale_dtype))
+    before = row_output_errors(w, dequantize(qt), hessian)
+    return _keep_better(qt, before, new, w, hessian)[0]
+
+
+def _keep_better(best: QuantizedTensor, best_err: torch.Tensor, cand: QuantizedTensor,
+                 w: torch.Tensor, hessian: torch.Tensor):
+    """Row by row the one of two quantizations (same spec) with the lower output error."""
+    err = row_output_errors(w, dequantize(cand), hessian)
+    better = err < best_err
+    if not bool(better.any()):
+        return best, best_err
+
+    def pick(a, b):  # a row-major tensor (rows, ...) from cand where better, else best
+        if a is None:
+            return None
+        m = better.reshape(-1, *[1] * (a.dim() - 1))
+        return torch.where(m, a, b)
+
+    rows = better.shape[0]
+    codes = pick(cand.codes.reshape(rows, -1), best.codes.reshape(rows, -1))
+    merged = dataclasses.replace(
+        best, codes=codes.reshape(best.codes.shape),
+        scale=pick(cand.scale, best.scale),
+        zero_point=pick(cand.zero_point, best.zero_point),
+        super_scale=pick(cand.super_scale, best.super_scale))
+    return merged, torch.where(better, err, best_err)

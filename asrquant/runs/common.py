@@ -112,13 +112,14 @@ def recipe_of(cfg: dict) -> QuantRecipe | None:
     return None if recipe.default is None and not recipe.rules else recipe
 
 
-GPTQ_KEYS = ("damp", "act_order", "block_size", "static_groups", "sequential")
+GPTQ_KEYS = ("damp", "act_order", "block_size", "static_groups", "sequential", "refine",
+             "target")
 
 
 def calibration_of(cfg: dict) -> CalibrationConfig | None:
     """The calibration PTQ of a config: `quant.method` (rtn: None) with the `calib` settings
     (num_utterances is the callback's; damp, act_order, block_size GPTQ's)."""
-    method = method_label(cfg)
+    method = (cfg.get("quant") or {}).get("method") or "rtn"
     check_choice("quant.method", method, METHODS)
     calib = dict(cfg.get("calib") or {})
     check_keys("calib", calib, ("num_utterances",) + GPTQ_KEYS)
@@ -131,8 +132,15 @@ def calibration_of(cfg: dict) -> CalibrationConfig | None:
 
 def method_label(cfg: dict) -> str:
     """What chose the codes, for results.json `method` and the tables' labels: 'rtn', or a
-    calibration method ('gptq', ...)."""
-    return (cfg.get("quant") or {}).get("method") or "rtn"
+    calibration method ('gptq', ...), with '+refine<R>' for R rounds of scale refinement and
+    '+float_target' for calib.target=float."""
+    method = (cfg.get("quant") or {}).get("method") or "rtn"
+    calib = cfg.get("calib") or {}
+    if method == "rtn":
+        return method
+    parts = [method] + [f"refine{calib['refine']}"] * bool(calib.get("refine"))
+    parts += ["float_target"] * (calib.get("target") == "float")
+    return "+".join(parts)
 
 
 def qat_settings(cfg: dict) -> dict:

@@ -2,7 +2,7 @@
 # 2-bit QAT on the synthetic corpus for 12 epochs with a cosine learning-rate schedule (to 2%
 # of the peak at the last step) instead of the experiment's noam decay, every run against the
 # float model fine-tuned the same way (the control); what docs/results/synthetic_cos12 was
-# made with (about 80 min here):
+# made with (about 100 min here):
 #   bash recipes/synthetic/qat12_cosine.sh
 # Needs runs/synthetic_study12 (the issue-12 study: its PTQ grid and calibration PTQ are the
 # reference rows, the best 4-bit model among them). Resumable member by member: a finished
@@ -44,6 +44,8 @@ qat() {  # NAME, then the overrides of one QAT run
 qat kd quant=int2_asym_g32 qat.kd_weight=1.0
 qat dq quant=int2_asym_g32_dq
 qat dq_g64 quant=int2_asym_g32_dq quant.group_size=64
+# initialised from GPTQ (calibration PTQ) instead of round-to-nearest
+qat gptq_init quant=int2_asym_g32 quant.method=gptq
 # the g64 double-quantized recipe's PTQ files (round-to-nearest and GPTQ; its file size)
 if ! done_ok "$OUT/ptq_calib_dq64/0" || ! done_ok "$OUT/ptq_calib_dq64/1"; then
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" export=true quant=int2_asym_g32_dq \
