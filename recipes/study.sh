@@ -14,7 +14,9 @@
 #      it runs last, after:
 #   8. calibration PTQ (issue 12): GPTQ, output-aware clip (awq_clip) and both, at int2 asym
 #      and sym g32, int2 asym g32 with double-quantized scales (int2_asym_g32_dq), int3 asym
-#      g64 and int4 asym g128 (so that the 4-bit reference may use GPTQ too);
+#      g64 and int4 asym g128 (so that the 4-bit reference may use GPTQ too); the 2-bit
+#      recipes also by GPTQ with 1 and 2 rounds of scale refinement against the float
+#      model's layer outputs (calib.refine, calib.target=float: ptq_calib_plus);
 #   9. the QAT ablation at 2 bits, same steps as the control of stage 3: QAT from GPTQ,
 #      distillation from the float model (kd), learned scales (lsq), one at a time and all
 #      together, plus all together for int2 sym g32 (ternary) and int2_asym_g32_dq (gptq+kd).
@@ -195,9 +197,10 @@ if [[ $FROM -le 6 && -n "$PEERS" ]]; then
 fi
 
 if [[ $FROM -le 8 && $CALIB == smoke ]]; then  # quick mode: one run of each new stage
-  stage "8. calibration PTQ (smoke: int2 asym g32 gptq)"
+  stage "8. calibration PTQ (smoke: int2 asym g32 gptq, refined against the float outputs)"
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true quant=int2_asym_g32 \
-    quant.method=gptq calib.num_utterances=16 "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib"
+    quant.method=gptq calib.num_utterances=16 calib.refine=1 calib.target=float "${SUB[@]}" \
+    hydra.sweep.dir="$OUT/ptq_calib"
   check_stage "$OUT/ptq_calib"
   stage "9. QAT ablation (smoke: gptq+kd+lsq)"
   $BIN/asrquant-train -m experiment=finetune "${COMMON[@]}" init_from="$(q "$CKPT")" \
@@ -213,13 +216,18 @@ if [[ $FROM -le 8 && $CALIB == full ]]; then
     quant=int2_asym_g32,int2_sym_g32,int2_asym_g32_dq quant.method=gptq,awq_clip,gptq_awq_clip \
     "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib"
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
+    quant=int2_asym_g32,int2_sym_g32,int2_asym_g32_dq quant.method=gptq calib.refine=1,2 \
+    calib.target=float "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_plus"
+  $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
     quant=int2_asym_g32_dq quant.method=rtn "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_rtn"
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
     quant=int4_asym_g128 quant.bits=3 quant.group_size=64 quant.method=rtn,gptq \
     "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_int3"
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$(q "$CKPT")" export=true \
     quant=int4_asym_g128 quant.method=gptq "${SUB[@]}" hydra.sweep.dir="$OUT/ptq_calib_int4"
-  for d in ptq_calib ptq_calib_rtn ptq_calib_int3 ptq_calib_int4; do check_stage "$OUT/$d"; done
+  for d in ptq_calib ptq_calib_plus ptq_calib_rtn ptq_calib_int3 ptq_calib_int4; do
+    check_stage "$OUT/$d"
+  done
 fi
 
 if [[ $FROM -le 9 && $CALIB == full ]]; then

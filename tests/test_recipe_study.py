@@ -24,7 +24,8 @@ def test_quick_study_runs_every_stage_and_writes_the_report(tmp_path):
     report = out / "report"
     md = (report / "results.md").read_text()
     assert "## Recipes" in md and "## Findings" in md and "searched_at_int2" in md
-    for label in ("int2 asym g32 gptq", "int2 asym g32 gptq+kd+lsq"):  # stages 8 and 9
+    for label in ("int2 asym g32 gptq+refine1+float_target",  # stages 8 and 9
+                  "int2 asym g32 gptq+kd+lsq"):
         assert re.search(rf"\| \**{re.escape(label)}\** \|", md), label
     assert "all sizes are exported files' bytes" in md
     for name in ("wer_vs_size.png", "wer_vs_group_size.png", "study.csv", "exports.md",
@@ -54,3 +55,11 @@ def test_study_and_the_cosine_qat_recipe_refuse_bad_settings_by_name(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "has no ptq_group" in proc.stdout, proc.stdout + proc.stderr
     assert not (tmp_path / "c").exists()  # nothing started
+    for var, value, message in [("EPOCHS", "0", "EPOCHS=0 is invalid; allowed: an integer"),
+                                ("MEMBERS", "dq lsq", "MEMBERS: lsq is invalid; allowed: "
+                                 "control plain kd dq dq_g64 gptq_init")]:
+        proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/qat12_cosine.sh")],
+                              env={**env, var: value}, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and message in proc.stdout, proc.stdout + proc.stderr
+        assert not (tmp_path / "c").exists()

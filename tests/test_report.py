@@ -440,3 +440,19 @@ def test_a_dev_tie_goes_to_the_smaller_file_then_to_fewer_qat_ingredients(tmp_pa
     rows, _, _ = study_rows(load_runs(root), "test")
     assert [r["method"] for r in rows if r["recipe"].startswith("int2 asym g32")
             and r.get("qat_wer") is not None] == ["kd", None]
+
+
+def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
+    root = study_sweep(tmp_path)
+    extra = {  # float test 10%: the refined GPTQ (dev 13%) is chosen over plain GPTQ (15%)
+        "a32_gptq": with_method(result("ptq", "a32", 2, 0.8, 0.16, dev=0.15), "gptq"),
+        "a32_ref": with_method(result("ptq", "a32", 2, 0.8, 0.14, dev=0.13),
+                               "gptq+refine1+float_target"),
+    }
+    for name, r in extra.items():
+        (root / name).mkdir()
+        (root / name / "results.json").write_text(json.dumps(r))
+    main([str(root)])
+    md = (root / "results.md").read_text()
+    assert ("holds here: the best on dev, int2 asym g32 gptq+refine1+float_target, 14.00% = "
+            "1.40x float 10.00%") in md

@@ -146,7 +146,8 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
                         f"model is within one sd of {best4['recipe']} on dev "
                         f"({pct(ref_dev)})."))
     # 5c. calibration PTQ against round-to-nearest at 2 bits (no training)
-    calibrated = [r for r in two if r["recipe"].split()[-1] in CALIBRATION_METHODS]
+    calibrated = [r for r in two  # 'gptq', also refined: 'gptq+refine1+float_target'
+                  if r["recipe"].split()[-1].split("+")[0] in CALIBRATION_METHODS]
     if calibrated and base and base.get("ptq_wer"):
         r = best_on_dev(calibrated, "ptq_dev_wer")
         plain = next((p for p in two if p["recipe"] == r["recipe"].rsplit(" ", 1)[0]), None)
