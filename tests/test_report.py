@@ -448,6 +448,8 @@ def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
         "a32_gptq": with_method(result("ptq", "a32", 2, 0.8, 0.16, dev=0.15), "gptq"),
         "a32_ref": with_method(result("ptq", "a32", 2, 0.8, 0.14, dev=0.13),
                                "gptq+refine1+float_target"),
+        # symmetric GPTQ beats asymmetric GPTQ; the refined run has no symmetric twin
+        "s32_gptq": with_method(result("ptq", "s32", 2, 0.7, 0.155, sym=True), "gptq"),
     }
     for name, r in extra.items():
         (root / name).mkdir()
@@ -456,3 +458,6 @@ def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
     md = (root / "results.md").read_text()
     assert ("holds here: the best on dev, int2 asym g32 gptq+refine1+float_target, 14.00% = "
             "1.40x float 10.00%") in md
+    # pairs are matched on everything but the grid: rtn with rtn, gptq with gptq
+    assert ("asymmetric has the lower PTQ WER in 1 of 2 matched pairs (same granularity, "
+            "clipping and calibration)") in md

@@ -33,11 +33,13 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
 
     out = []
     two = [r for r in rows if r["bits"] == 2 and r.get("ptq_wer") is not None]
-    # 1. asymmetric vs symmetric at 2 bits, matched on granularity and clipping
+    # 1. asymmetric vs symmetric at 2 bits, matched on everything else (granularity,
+    # clipping, how the codes were chosen): the same label with 'sym' for 'asym'
     pairs = []
     for a in (r for r in two if r["sym"] is False):
-        s = find(2, True, a["granularity"], a["group"] or None, a["clip"])
-        if s is not None and s.get("ptq_wer") is not None:
+        twin = a["recipe"].replace(" asym ", " sym ", 1)
+        s = next((r for r in two if r["sym"] is True and r["recipe"] == twin), None)
+        if s is not None:
             pairs.append((a, s))
     if pairs:
         wins = sum(a["ptq_wer"] < s["ptq_wer"] for a, s in pairs)
@@ -46,7 +48,7 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
                                                       else "does not hold")
         out.append(("Asymmetric beats symmetric at 2 bits", f"(paper: yes): {verdict} here: "
                    f"asymmetric has the lower PTQ WER in {wins} of {len(pairs)} matched pairs "
-                   f"(same granularity and clipping); best pair {eg[0]['recipe']} "
+                   f"(same granularity, clipping and calibration); best pair {eg[0]['recipe']} "
                    f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}."))
     # 2. sub-channel vs per-channel
     pairs = []
