@@ -24,8 +24,10 @@ Inputs per layer type (rows of X):
 
 Methods: "gptq" (GPTQ rounding, qparams by `spec.clip`), "awq_clip" (round to nearest; each
 group's clip ratio minimises the output error on the calibration inputs, the AWQ/HQQ-style
-output-aware clip), "gptq_awq_clip" (both). Padded frames of a batch are inputs too (batch
-by similar length to keep them few).
+output-aware clip), "gptq_awq_clip" (both). GPTQ options: `refine` rounds of least-squares group
+scales (`gptq.refit_scales`), and target="float" (each layer matches the float model's
+output, not its float weights on the quantized inputs: `_target`). Padded frames of a batch
+are inputs too (batch by similar length to keep them few).
 """
 
 from __future__ import annotations
@@ -300,8 +302,13 @@ def _collect(model, batches, forward, mods: list[str], by_module, floats=None
     def sink(name, x):
         if mode["float"]:
             pending[name].append(x.detach().clone())
+        elif floats is None:
+            acc[name].add(x)
+        elif not pending[name]:
+            raise ValueError(f"calibration: {name!r} saw more inputs in the quantized model "
+                             "than in the float one; target='float' needs the same calls in both")
         else:
-            acc[name].add(x, pending[name].pop(0) if floats is not None else None)
+            acc[name].add(x, pending[name].pop(0))
 
     handles = _input_hooks(model, mods, by_module, sink)
     try:

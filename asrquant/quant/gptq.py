@@ -20,6 +20,11 @@ the grid of `QuantSpec`: export and packed loading need no change. H is damped,
 H + damp * mean(diag H) * I, and inputs that are never active (H_jj = 0) get H_jj = 1 and
 their weights set to 0 (they multiply zeros). A Hessian of shape (rows, n, n) gives each row
 its own (a depthwise convolution, whose channels see different inputs).
+
+Scale refinement (refine=R): once the codes are fixed the output error is quadratic in each
+row's group scales (zero points stay integers): `refit_scales` solves for them, GPTQ then
+rounds again against the new scales, R times, and every row keeps the candidate with its
+lowest output error.
 """
 
 from __future__ import annotations
