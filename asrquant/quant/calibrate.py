@@ -48,6 +48,7 @@ from .spec import QuantSpec
 
 METHODS = ("rtn", "gptq", "awq_clip", "gptq_awq_clip")
 NEEDS_CALIBRATION = ("gptq", "awq_clip", "gptq_awq_clip")
+GPTQ_METHODS = ("gptq", "gptq_awq_clip")  # the methods whose codes GPTQ rounds
 SEQUENTIAL = ("block", "module")  # what one stage is: a numbered block, or each module
 TARGETS = ("quantized", "float")  # what a layer's quantized output should match (see _target)
 
@@ -86,13 +87,13 @@ class CalibrationConfig:
         if not (isinstance(self.refine, int) and not isinstance(self.refine, bool)
                 and self.refine >= 0):
             raise ValueError(f"refine={self.refine!r} is invalid; allowed: an integer >= 0")
-        if self.refine and self.method not in ("gptq", "gptq_awq_clip"):
+        if self.refine and self.method not in GPTQ_METHODS:
             raise ValueError(f"refine={self.refine} needs GPTQ codes; method={self.method!r} "
                              "allowed with refine=0 only (allowed methods for refine > 0: "
                              "'gptq', 'gptq_awq_clip')")
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r} is invalid; allowed: {list(TARGETS)}")
-        if self.target == "float" and self.method not in ("gptq", "gptq_awq_clip"):
+        if self.target == "float" and self.method not in GPTQ_METHODS:
             raise ValueError(f"target='float' needs GPTQ; method={self.method!r} allowed with "
                              "target='quantized' only (allowed methods for target='float': "
                              "'gptq', 'gptq_awq_clip')")
@@ -422,7 +423,7 @@ def _quantize_one(model, name: str, spec: QuantSpec, h: torch.Tensor,
     w = param.detach()
     if cross is not None:
         w = _target(w, h, cross, config.damp)
-    if config.method in ("gptq", "gptq_awq_clip"):
+    if config.method in GPTQ_METHODS:
         qt = gptq_quantize(w, h, spec, damp=config.damp, act_order=config.act_order,
                            block_size=config.block_size,
                            output_clip=config.method == "gptq_awq_clip",

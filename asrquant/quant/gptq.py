@@ -122,7 +122,7 @@ def gptq_quantize(
     static_groups: True: the qparams are those `quantize` would store, only the codes differ;
         False: each group's qparams come from its compensated weights (module docstring).
     refine: rounds of scale refinement after GPTQ: least-squares scales for the codes
-        (`refit_scales`), then GPTQ codes for those scales; a row keeps whichever codes and
+        (`_refit`), then GPTQ codes for those scales; a row keeps whichever codes and
         scales give it the least output error, so its error never rises. 0: plain GPTQ.
     """
     if not 0.0 <= damp <= 1.0:
@@ -194,13 +194,12 @@ def gptq_quantize(
     target = weight.reshape(w.shape)
     best, best_err = qt, row_output_errors(target, dequantize(qt), hessian)
     for _ in range(refine):
-        fitted = refit_scales(target, best, hessian)
-        best, best_err = _keep_better(best, best_err, fitted, target, hessian)
+        best, best_err = _keep_better(best, best_err, _refit(target, best, hessian), target,
+                                      hessian)
         zp_now = None if best.zero_point is None else best.zero_point.to(torch.float32)
         again = dataclasses.replace(best, codes=codes_for(best.float_scale(), zp_now))
         best, best_err = _keep_better(best, best_err, again, target, hessian)
-    fitted = refit_scales(target, best, hessian)
-    return _keep_better(best, best_err, fitted, target, hessian)[0]
+    return _keep_better(best, best_err, _refit(target, best, hessian), target, hessian)[0]
 
 
 def _round_columns(weight, u, group_of, scale, zp, spec, block_size, glen, perm, choose):
@@ -267,11 +266,7 @@ def _current_columns(weight, w1, err_done, u, i1: int, i: int, at: torch.Tensor)
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
     """sum over rows of (w - w^)^T H (w - w^) = ||X W^T - X W^^T||^2 for H = X^T X."""
-    e = (w.detach().reshape(w.shape[0], -1) - w_hat.detach().reshape(w.shape[0], -1)).float()
-    h = hessian.float()
-    if h.dim() == 2:
-        return float(((e @ h) * e).sum())
-    return float(torch.einsum("ri,rij,rj->", e, h, e))
+    return float(row_output_errors(w, w_hat, hessian).sum())
 
 
 def row_output_errors(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor
@@ -287,6 +282,14 @@ def row_output_errors(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tenso
 
 def refit_scales(w: torch.Tensor, qt: QuantizedTensor, hessian: torch.Tensor,
                  chunk_floats: int = 1 << 24) -> QuantizedTensor:
+    """`qt` with the least-squares group scales of `_refit` in every row where they lower the
+    output error (elsewhere its own)."""
+    before = row_output_errors(w, dequantize(qt), hessian)
+    return _keep_better(qt, before, _refit(w, qt, hessian, chunk_floats), w, hessian)[0]
+
+
+def _refit(w: torch.Tensor, qt: QuantizedTensor, hessian: torch.Tensor,
+           chunk_floats: int = 1 << 24) -> QuantizedTensor:
     """The group scales that minimise the output error of fixed codes and zero points.
 
     Per row, w^_i = s_g(i) * (q_i - z_g(i)) is linear in the row's scales, so
@@ -295,8 +298,8 @@ def refit_scales(w: torch.Tensor, qt: QuantizedTensor, hessian: torch.Tensor,
     (solved in float64). The solution is rounded to the nearest `scale_dtype` value, or with
     `scale_bits` re-encoded: a new super-scale (largest scale / (2^k - 1), rounded up) and
     codes round(s / super) in [1, 2^k - 1]. A group whose codes all equal its zero point
-    keeps its scale; a row whose solution is not positive and finite, or whose rounded
-    scales do not lower its output error, keeps all its scales. Codes and zero points are
+    keeps its scale; a row whose solution is not positive and finite keeps all its scales
+    (`refit_scales` also keeps them where the rounded ones do not help). Codes and zero points are
     unchanged, so the result is ordinary codes on the same grid. Rows are processed in
     chunks of at most `chunk_floats` floats of (rows, n_groups, n) work space.
     """
@@ -339,8 +342,7 @@ def refit_scales(w: torch.Tensor, qt: QuantizedTensor, hessian: torch.Tensor,
         codes = torch.round(solved / sup).clamp_(1, 2**spec.scale_bits - 1)
         new = dataclasses.replace(qt, scale=codes.to(torch.uint8),
                                   super_scale=sup.reshape(-1).to(spec.torch_scale_dtype))
-    before = row_output_errors(w, dequantize(qt), hessian)
-    return _keep_better(qt, before, new, w, hessian)[0]
+    return new
 
 
 def _keep_better(best: QuantizedTensor, best_err: torch.Tensor, cand: QuantizedTensor,
