@@ -450,6 +450,10 @@ def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
                                "gptq+refine1+float_target"),
         # symmetric GPTQ beats asymmetric GPTQ; the refined run has no symmetric twin
         "s32_gptq": with_method(result("ptq", "s32", 2, 0.7, 0.155, sym=True), "gptq"),
+        # pairs for the clip and group findings: GPTQ with GPTQ, never with round-to-nearest
+        "a32mse_gptq": with_method(result("ptq", "a32m", 2, 0.8, 0.15, clip="mse", dev=0.3),
+                                   "gptq"),
+        "a16_gptq": with_method(result("ptq", "a16", 2, 0.9, 0.12, group=16, dev=0.3), "gptq"),
     }
     for name, r in extra.items():
         (root / name).mkdir()
@@ -461,3 +465,5 @@ def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
     # pairs are matched on everything but the grid: rtn with rtn, gptq with gptq
     assert ("asymmetric has the lower PTQ WER in 1 of 2 matched pairs (same granularity, "
             "clipping and calibration)") in md
+    assert "PTQ WER with mse clipping against none, matched pairs, 2 bits: better 2, worse 0" in md
+    assert "at 2 bits: int2 asym ch 40.00% -> g32 20.00%." in md  # its twin, not g16 gptq

@@ -21,12 +21,16 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
     """(claim, what our numbers say) for each claim of Rybakov et al. (2023) and the targets
     of issue 12; computed. `dev_words`: words of the dev split (its noise; default `words`)."""
     dev_words = dev_words or words
-    def find(bits, sym, gran, group, clip):
-        for r in rows:
-            if (r["bits"], r["sym"], r["granularity"], r["group"] or None, r["clip"]) == (
-                    bits, sym, gran, group, clip):
-                return r
-        return None
+    def twin(r, old, new):
+        """The PTQ row whose label is r's with the word `old` made `new` (None: dropped), so
+        a pair differs in that one respect only (not in calibration or scale storage)."""
+        words = r["recipe"].split()
+        if old not in words:
+            return None
+        i = words.index(old)
+        label = " ".join(words[:i] + ([new] if new else []) + words[i + 1:])
+        return next((x for x in rows if x["recipe"] == label
+                     and x.get("ptq_wer") is not None), None)
 
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.2f}%"
@@ -34,11 +38,10 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
     out = []
     two = [r for r in rows if r["bits"] == 2 and r.get("ptq_wer") is not None]
     # 1. asymmetric vs symmetric at 2 bits, matched on everything else (granularity,
-    # clipping, how the codes were chosen): the same label with 'sym' for 'asym'
+    # clipping, how the codes were chosen)
     pairs = []
     for a in (r for r in two if r["sym"] is False):
-        twin = a["recipe"].replace(" asym ", " sym ", 1)
-        s = next((r for r in two if r["sym"] is True and r["recipe"] == twin), None)
+        s = twin(a, "asym", "sym")
         if s is not None:
             pairs.append((a, s))
     if pairs:
@@ -54,11 +57,9 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
     pairs = []
     for c in (r for r in rows if r["granularity"] == "channel" and r.get("ptq_wer") is not None
               and r["bits"] in (2, 3, 4)):
-        groups = [r for r in rows if r["bits"] == c["bits"] and r["sym"] == c["sym"]
-                  and r["clip"] == c["clip"] and r["granularity"] == "group"
-                  and r.get("ptq_wer") is not None]
-        if groups:
-            g = min(groups, key=lambda r: r["group"])
+        sizes = sorted({r["group"] for r in rows if r["granularity"] == "group"})
+        g = next((t for t in (twin(c, "ch", f"g{size}") for size in sizes) if t), None)
+        if g is not None:  # the smallest group size with the same recipe otherwise
             pairs.append((g, c))
     if pairs:
         wins = sum(g["ptq_wer"] <= c["ptq_wer"] for g, c in pairs)
@@ -72,8 +73,8 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
     # 3. clipping
     by_bits = {}
     for r in (r for r in rows if r["clip"] == "mse" and r.get("ptq_wer") is not None):
-        n = find(r["bits"], r["sym"], r["granularity"], r["group"] or None, "none")
-        if n is not None and n.get("ptq_wer") is not None:
+        n = twin(r, "mse", None)
+        if n is not None:
             d = by_bits.setdefault(r["bits"], [0, 0, 0])
             d[0 if r["ptq_wer"] < n["ptq_wer"] else 1 if r["ptq_wer"] > n["ptq_wer"] else 2] += 1
     if by_bits:
