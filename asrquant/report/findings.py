@@ -101,16 +101,17 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
     cand = qat2 or two
     key = "qat_wer" if qat2 else "ptq_wer"
     r = best_on_dev(cand, key.replace("_wer", "_dev_wer")) if cand else None
+    ref4 = f"{best4['recipe']} ({best4['ref_mode'].upper()})" if best4 else None
     if best4 and r:  # both chosen on dev, then compared on test
         saved = 1 - r["size_bytes"] / best4["size_bytes"]
         out.append(("2-bit is about a third smaller than the best 4-bit model", f"(paper: "
-                   f"32%): {r['recipe']} is {r['size_mb']:.3f} MB against {best4['recipe']} "
+                   f"32%): {r['recipe']} is {r['size_mb']:.3f} MB against {ref4} "
                    f"{best4['size_mb']:.3f} MB: {100 * saved:.1f}% smaller (at WER "
-                   f"{pct(r[key])} vs {pct(best4.get('ptq_wer'))}; both chosen by dev WER)."))
+                   f"{pct(r[key])} vs {pct(best4['ref_wer'])}; both chosen by dev WER)."))
     # 5b. the 40% target (issue 12): the smallest 2-bit model no worse than the best 4-bit
     # one + 1 sd, judged on dev (both chosen there), then read on test
-    if best4 and best4.get("ptq_dev_wer") is not None:
-        ref_dev = best4["ptq_dev_wer"]
+    if best4:
+        ref_dev = best4["ref_dev_wer"]
         ok = []
         for r in rows:
             if r["bits"] != 2:
@@ -127,7 +128,7 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
             saved = (1 - r["size_bytes"] / best4["size_bytes"] if both_files or not all(params)
                      else 1 - params[0] / params[1])  # never a file against parameters
             saved_params = 1 - params[0] / params[1] if all(params) else None
-            margin = best4["ptq_wer"] + _noise_points(best4["ptq_wer"], words) / 100
+            margin = best4["ref_wer"] + _noise_points(best4["ref_wer"], words) / 100
             good_wer = r[f"{mode}_wer"] <= margin
             verdict = ("holds" if saved >= 0.40 and good_wer else
                        "holds by parameter bytes, not by file bytes"
@@ -138,15 +139,15 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
                          f"buffers and header) {100 * saved_params:.1f}% smaller")
             out.append(("A 2-bit model at least 40% smaller than the best 4-bit one, no worse "
                         "than it + 1 sd", f"(issue 12's target): {verdict} here: the smallest "
-                        f"2-bit model within one sd of {best4['recipe']} on dev is "
+                        f"2-bit model within one sd of {ref4} on dev is "
                         f"{r['recipe']} ({mode.upper()}), {100 * saved:.1f}% smaller "
                         f"({r['size_mb']:.3f} vs {best4['size_mb']:.3f} MB){by_params}; test "
-                        f"WER {pct(r[f'{mode}_wer'])} against {pct(best4['ptq_wer'])} + 1 sd "
+                        f"WER {pct(r[f'{mode}_wer'])} against {pct(best4['ref_wer'])} + 1 sd "
                         f"= {pct(margin)}."))
         else:
             out.append(("A 2-bit model at least 40% smaller than the best 4-bit one, no worse "
                         "than it + 1 sd", f"(issue 12's target): does not hold here: no 2-bit "
-                        f"model is within one sd of {best4['recipe']} on dev "
+                        f"model is within one sd of {ref4} on dev "
                         f"({pct(ref_dev)})."))
     # 5c. calibration PTQ against round-to-nearest at 2 bits (no training)
     calibrated = [r for r in two  # 'gptq', also refined: 'gptq+refine1+float_target'

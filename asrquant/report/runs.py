@@ -253,7 +253,8 @@ def _run_bytes(run: dict) -> tuple[int, bool]:
 def study_rows(runs: list[dict], test_set: str):
     """One row per recipe. PTQ WER from the post-training run (for float: the baseline),
     QAT WER from the fine-tuned run (for float: the control fine-tuned for the same steps),
-    each with its dev WER. The best 4-bit recipe is the PTQ one best on dev."""
+    each with its dev WER. The best 4-bit model is the 4-bit recipe best on dev, PTQ or QAT
+    (`best_4bit`)."""
     ok = [r for r in runs if r.get("status") == "ok" and test_set in (r.get("test") or {})]
     by_label: dict[str, dict] = {}
     for r in ok:
@@ -283,7 +284,7 @@ def study_rows(runs: list[dict], test_set: str):
         r["size_mb"] = r["size_bytes"] / 1e6
     floats = [r for r in rows if r["bits"] == 32]
     base = floats[0] if floats else None
-    best4 = best_on_dev([r for r in rows if r["bits"] == 4], "ptq_dev_wer")
+    best4 = best_4bit(rows)
     for r in rows:
         r["vs_float32"] = r["size_bytes"] / base["size_bytes"] if base else None
         r["vs_best_4bit"] = r["size_bytes"] / best4["size_bytes"] if best4 else None
@@ -293,6 +294,21 @@ def study_rows(runs: list[dict], test_set: str):
             r[f"rel_wer_{mode}"] = (wer - ref) / ref if ref and wer is not None else None
     rows.sort(key=lambda r: (-r["size_bytes"], r.get("ptq_wer") or 0))
     return rows, base, best4
+
+
+def best_4bit(rows: list[dict]) -> dict | None:
+    """The best 4-bit model of a study: the 4-bit recipe and mode (PTQ, or QAT when a 4-bit
+    recipe was fine-tuned) with the lowest dev WER; on a tie the smaller file, then PTQ (no
+    training). The row gets `ref_mode`, `ref_wer` and `ref_dev_wer` (that mode's test and dev
+    WER); None when no 4-bit row has a dev WER. Test WER never enters the choice."""
+    cands = [(r, mode) for r in rows if r["bits"] == 4 for mode in ("ptq", "qat")
+             if r.get(f"{mode}_dev_wer") is not None and r.get(f"{mode}_wer") is not None]
+    if not cands:
+        return None
+    r, mode = min(cands, key=lambda p: (p[0][f"{p[1]}_dev_wer"], p[0]["size_bytes"],
+                                        p[1] != "ptq", ingredients(p[0].get("method"))))
+    r.update(ref_mode=mode, ref_wer=r[f"{mode}_wer"], ref_dev_wer=r[f"{mode}_dev_wer"])
+    return r
 
 
 def load_exports(root: Path) -> list[dict]:

@@ -39,7 +39,8 @@ def best4_note(best4, label: str, rows) -> str:
     """How the 4-bit reference was chosen: by dev WER, or why there is none. `label`: the
     row field that names it ("run" or "recipe")."""
     if best4:
-        return f"(chosen by dev WER, never test): {best4[label]}"
+        mode = f" ({best4['ref_mode'].upper()})" if best4.get("ref_mode") else ""
+        return f"(chosen by dev WER, never test): {best4[label]}{mode}"
     if any(r["bits"] == 4 for r in rows):
         return ("(none: no 4-bit PTQ run recorded a dev WER; results from before asrquant-eval "
                 "scored the dev split must be rerun)")
