@@ -57,9 +57,19 @@ def test_study_and_the_cosine_qat_recipe_refuse_bad_settings_by_name(tmp_path):
     assert not (tmp_path / "c").exists()  # nothing started
     for var, value, message in [("EPOCHS", "0", "EPOCHS=0 is invalid; allowed: an integer"),
                                 ("MEMBERS", "dq lsq", "MEMBERS: lsq is invalid; allowed: "
-                                 "control plain kd dq dq_g64 gptq_init")]:
+                                 "control plain kd dq dq_g64 gptq_init int4 ternary")]:
         proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/qat12_cosine.sh")],
                               env={**env, var: value}, capture_output=True, text=True,
                               timeout=60)
+        assert proc.returncode == 2 and message in proc.stdout, proc.stdout + proc.stderr
+        assert not (tmp_path / "c").exists()
+    # the corpus-generic recipe behind it
+    for extra, message in [({"CORPUS": "librispeech"}, "CORPUS=librispeech is invalid; "
+                            "allowed: synthetic, fsdd, an4"),
+                           ({"CORPUS": "fsdd"}, "CORPUS=fsdd needs DATA_DIR"),
+                           ({"CORPUS": "an4", "DATA_DIR": str(tmp_path / "none")},
+                            f"DATA_DIR={tmp_path / 'none'} is not a folder")]:
+        proc = subprocess.run(["bash", str(ROOT / "recipes/qat_cosine.sh")],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stdout, proc.stdout + proc.stderr
         assert not (tmp_path / "c").exists()
