@@ -2,6 +2,7 @@
 table and findings, plots, and a search's sensitivity table."""
 
 import json
+import math
 import re
 
 import pytest
@@ -495,3 +496,15 @@ def test_a_refined_calibration_counts_as_calibration_ptq(tmp_path):
             "clipping and calibration)") in md
     assert "PTQ WER with mse clipping against none, matched pairs, 2 bits: better 2, worse 0" in md
     assert "at 2 bits: int2 asym ch 40.00% -> g32 20.00%." in md  # its twin, not g16 gptq
+
+
+def test_the_noise_of_a_wer_is_never_zero_and_close_to_the_binomial_sd():
+    from asrquant.report.findings import _noise_points
+    # no error on 1,458 dev words: about one word (0.07 points), not 0
+    p = 1 / 1460
+    assert _noise_points(0.0, 1458) == pytest.approx(100 * math.sqrt(p * (1 - p) / 1458))
+    assert 0.06 < _noise_points(0.0, 1458) < 0.08
+    # at 5% on 2,241 words it is the plain binomial sd to within 1%
+    plain = 100 * math.sqrt(0.05 * 0.95 / 2241)
+    assert _noise_points(0.05, 2241) == pytest.approx(plain, rel=0.01)
+    assert _noise_points(1.2, 100) == 0.0  # a WER above 1 (insertions): no binomial noise

@@ -8,9 +8,13 @@ from .runs import best_on_dev
 
 
 def _noise_points(wer: float, words: int) -> float:
-    """One binomial standard deviation of a WER measured on `words` words, in points."""
-    p = min(max(wer, 1e-9), 1.0)
-    return 100 * math.sqrt(p * (1 - p) / max(words, 1)) if p < 1 else 0.0
+    """One binomial standard deviation of a WER measured on `words` words, in points, with
+    the error rate estimated as (errors + 1) / (words + 2) (Laplace's rule of succession):
+    a split with no error has a standard deviation of about one word, not zero (the plain
+    estimate w(1-w)/N would call any other model with one error on it "not within noise")."""
+    n = max(words, 1)
+    p = min((wer * n + 1) / (n + 2), 1.0)
+    return 100 * math.sqrt(p * (1 - p) / n)
 
 
 CALIBRATION_METHODS = ("gptq", "awq_clip", "gptq_awq_clip")
@@ -195,7 +199,8 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
 def findings(rows, base, best4, words: int, dev_words: int | None = None) -> str:
     lines = ["Each line below is computed by asrquant-report from the table above. Noise: one "
              f"binomial standard deviation of a WER w on {words} words is "
-             f"100*sqrt(w(1-w)/{words}) points.", ""]
+             f"100*sqrt(p(1-p)/{words}) points with p = (w*{words} + 1)/({words} + 2) (never "
+             "zero, also when a split has no error).", ""]
     lines += [f"- **{claim}** {text}"
               for claim, text in finding_items(rows, base, best4, words, dev_words)]
     return "\n".join(lines) + "\n"
