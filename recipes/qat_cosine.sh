@@ -18,6 +18,8 @@
 #            dq_g64   int2_asym_g32_dq, groups of 64      gptq_init int2 asym g32 from GPTQ
 #            int4     int4 asym g128 (a fine-tuned 4-bit reference for the 40% claim)
 #            ternary  int2 sym g32 (codes -1, 0, 1)
+#            dq_gptq_kd  int2_asym_g32_dq from GPTQ, with distillation (as the study's)
+#            sym_all  int2 sym g32 from GPTQ, distillation, learned scales (as the study's)
 #   OUT (default runs/<corpus>_cos<EPOCHS>), DOCS (default docs/results/<corpus>_cos<EPOCHS>),
 #   THREADS (default 2), CKPT (default models/cpu_<corpus>_float.safetensors), REF (default
 #   runs/synthetic_study12, runs/fsdd_study12, runs/an4_study).
@@ -42,7 +44,7 @@ case $CORPUS in
 esac
 EPOCHS=${EPOCHS:-12}
 [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "EPOCHS=$EPOCHS is invalid; allowed: an integer >= 1"; exit 2; }
-ALL_MEMBERS="control plain kd dq dq_g64 gptq_init int4 ternary"
+ALL_MEMBERS="control plain kd dq dq_g64 gptq_init int4 ternary dq_gptq_kd sym_all"
 MEMBERS=${MEMBERS-control plain kd dq dq_g64 gptq_init}
 for m in $MEMBERS; do
   [[ " $ALL_MEMBERS " == *" $m "* ]] || { echo "MEMBERS: $m is invalid; allowed: $ALL_MEMBERS"; exit 2; }
@@ -84,6 +86,10 @@ want dq_g64 && single "$OUT/qat_ablation/dq_g64/0" quant=int2_asym_g32_dq quant.
 want gptq_init && single "$OUT/qat_ablation/gptq_init/0" quant=int2_asym_g32 quant.method=gptq
 want int4 && single "$OUT/qat_ablation/int4/0" quant=int4_asym_g128
 want ternary && single "$OUT/qat_ablation/ternary/0" quant=int2_sym_g32
+want dq_gptq_kd && single "$OUT/qat_ablation/dq_gptq_kd/0" quant=int2_asym_g32_dq \
+  quant.method=gptq qat.kd_weight=1.0
+want sym_all && single "$OUT/qat_ablation/sym_all/0" quant=int2_sym_g32 quant.method=gptq \
+  qat.kd_weight=1.0 qat.scales=learned
 # the g64 double-quantized recipe's PTQ files (round-to-nearest and GPTQ; its file size)
 if want dq_g64 && { ! done_ok "$OUT/ptq_calib_dq64/0" || ! done_ok "$OUT/ptq_calib_dq64/1"; }; then
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" export=true quant=int2_asym_g32_dq \

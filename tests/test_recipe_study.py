@@ -57,7 +57,8 @@ def test_study_and_the_cosine_qat_recipe_refuse_bad_settings_by_name(tmp_path):
     assert not (tmp_path / "c").exists()  # nothing started
     for var, value, message in [("EPOCHS", "0", "EPOCHS=0 is invalid; allowed: an integer"),
                                 ("MEMBERS", "dq lsq", "MEMBERS: lsq is invalid; allowed: "
-                                 "control plain kd dq dq_g64 gptq_init int4 ternary")]:
+                                 "control plain kd dq dq_g64 gptq_init int4 ternary dq_gptq_kd "
+                                 "sym_all")]:
         proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/qat12_cosine.sh")],
                               env={**env, var: value}, capture_output=True, text=True,
                               timeout=60)
