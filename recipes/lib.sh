@@ -53,3 +53,21 @@ for name in fake:
         "packed and fake-quant WER differ"
 PY
 }
+
+# CORPUS [DATA_DIR]: sets DATA (the Hydra data overrides, the folder quoted: paths may hold
+# '=' and ','), BASELINE (the float experiment) and TITLE (the report's) of a corpus; an
+# unknown corpus, or fsdd/an4 without DATA_DIR, exits 2 with what is allowed.
+corpus_data() {
+  case $1 in
+    synthetic) DATA=(); BASELINE=float_baseline; TITLE="synthetic corpus (eSpeak NG)" ;;
+    fsdd)
+      [[ -n "${2:-}" ]] || { echo "CORPUS=fsdd needs DATA_DIR (make_digit_strings.py DIR)"; exit 2; }
+      DATA=(data=fsdd_digits data.dir="'$(realpath "$2")'")
+      BASELINE=fsdd_baseline; TITLE="FSDD digit strings (human speech)" ;;
+    an4)
+      [[ -n "${2:-}" ]] || { echo "CORPUS=an4 needs DATA_DIR (recipes/an4/prepare.py OUT, or ../shared/data/an4)"; exit 2; }
+      DATA=(data=an4 data.dir="'$(realpath "$2")'")
+      BASELINE=an4_baseline; TITLE="AN4 (CMU census, speaker-independent)" ;;
+    *) echo "CORPUS=$1 is invalid; allowed: synthetic, fsdd, an4"; exit 2 ;;
+  esac
+}

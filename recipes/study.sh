@@ -52,18 +52,8 @@ FROM=${FROM:-1}
 # Paths inside Hydra overrides are quoted: sweep folders contain '=' and ','.
 q() { printf "'%s'" "$1"; }
 
-case $CORPUS in
-  synthetic) DATA=(); BASELINE=float_baseline; TITLE="synthetic corpus (eSpeak NG)" ;;
-  fsdd)
-    [[ -n "${DATA_DIR:-}" ]] || { echo "CORPUS=fsdd needs DATA_DIR (make_digit_strings.py DIR)"; exit 2; }
-    DATA=(data=fsdd_digits data.dir="$(q "$(realpath "$DATA_DIR")")")
-    BASELINE=fsdd_baseline; TITLE="FSDD digit strings (human speech)" ;;
-  an4)
-    [[ -n "${DATA_DIR:-}" ]] || { echo "CORPUS=an4 needs DATA_DIR (recipes/an4/prepare.py OUT, or ../shared/data/an4)"; exit 2; }
-    DATA=(data=an4 data.dir="$(q "$(realpath "$DATA_DIR")")")
-    BASELINE=an4_baseline; TITLE="AN4 (CMU census, speaker-independent)" ;;
-  *) echo "CORPUS=$CORPUS is invalid; allowed: synthetic, fsdd, an4"; exit 2 ;;
-esac
+source "recipes/lib.sh"
+corpus_data "$CORPUS" "${DATA_DIR:-}"
 COMMON=(threads="$THREADS" trainer.enable_progress_bar=false "${DATA[@]}")
 # Sweep members are folders named by job number (overrides would pass 255 characters); each
 # results.json records its config and recipe.
@@ -112,7 +102,6 @@ end_stage() {
 stage() { end_stage; stage_name=${1%%$'\n'*}; stage_start=$SECONDS
           echo "== $1 ($(( (SECONDS - started) / 60 )) min)"; }
 
-source "recipes/lib.sh"
 size_mb_of() {  # size_mb (as asrquant-eval reports it) of the run in folder $1
   $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['size_bytes'] / 1e6)" \
     "$1/results.json"

@@ -59,9 +59,9 @@ def finding_items(rows, base, best4, words: int, dev_words: int | None = None
                    f"{pct(eg[0]['ptq_wer'])} vs {eg[1]['recipe']} {pct(eg[1]['ptq_wer'])}."))
     # 2. sub-channel vs per-channel
     pairs = []
+    sizes = sorted({r["group"] for r in rows if r["granularity"] == "group"})
     for c in (r for r in rows if r["granularity"] == "channel" and r.get("ptq_wer") is not None
               and r["bits"] in (2, 3, 4)):
-        sizes = sorted({r["group"] for r in rows if r["granularity"] == "group"})
         g = next((t for t in (twin(c, "ch", f"g{size}") for size in sizes) if t), None)
         if g is not None:  # the smallest group size with the same recipe otherwise
             pairs.append((g, c))
