@@ -1,5 +1,6 @@
 """Files: atomic writes (a crash leaves the old file or none, never half a file), JSON that
-stays valid, the cache folder, and the start-of-run check that the output folder is writable.
+stays valid, the cache folder, the start-of-run check that the output folder is writable, and
+the lock that keeps two runs out of one output folder.
 
 The one home of these facts; nothing else in the package renames temporary files into place.
 Imports the standard library only, so the synthetic-corpus child process stays light.
@@ -15,6 +16,47 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not locked
+    fcntl = None
+
+RUN_LOCK = ".asrquant.lock"
+
+
+class RunDirInUse(RuntimeError):
+    """Another process holds the output folder's lock (see `run_dir_lock`)."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold `run_dir/.asrquant.lock` for the length of a run, so that a second run into the
+    same folder (the same command started twice, a resume while the first is still running)
+    fails at once instead of writing into the other's checkpoints, logs and results.json.
+    An OS lock (flock): the kernel releases it when the process ends, even when killed, so a
+    killed run leaves nothing stale. Raises RunDirInUse naming the folder and, from its
+    results.json, the process holding it."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_LOCK
+    if fcntl is None:
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                state = json.loads((run_dir / "results.json").read_text())
+                holder = f" (pid {state['pid']}, started {state['started']})"
+            raise RunDirInUse(f"output folder {run_dir} is in use by another run{holder}: wait "
+                              "for it to end, or give this run another folder "
+                              "(hydra.run.dir=... / hydra.sweep.dir=...)") from None
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager

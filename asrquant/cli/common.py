@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -13,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from asrquant.io import atomic_write_json, config_dir
+from asrquant.io import RunDirInUse, atomic_write_json, config_dir, run_dir_lock
 
 CONF_DIR = str(config_dir())  # conf/ of the checkout, or asrquant/conf in an installed wheel
 
@@ -25,10 +26,24 @@ def run_and_record(run: Callable, cfg) -> dict | None:
     out-of-memory killer, a cluster time limit) is still listed by asrquant-report. A failure
     is written to results.json (status "failed", the error and traceback); SIGTERM or Ctrl-C
     writes status "interrupted". In a multirun sweep a failure is then swallowed so the other
-    members still run; in a single run it is raised again (non-zero exit).
+    members still run; in a single run it is raised again (non-zero exit). The folder is
+    locked for the run (`asrquant.io.run_dir_lock`): a second run into it while this one is
+    alive fails at once (a sweep member: skipped) and leaves this one's files alone.
     """
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)  # Hydra made it; the run's start_run probes it
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_dir_lock(run_dir))
+        except RunDirInUse as e:  # the other run's results.json is left as it is
+            if hc.mode == RunMode.MULTIRUN:
+                print(f"[asrquant] sweep member {hc.job.num} not run: {e}")
+                return None
+            raise
+        return _record(run, cfg, hc, run_dir)
+
+
+def _record(run: Callable, cfg, hc, run_dir: Path) -> dict | None:
     base = {"overrides": list(hc.overrides.task), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(run_dir / "results.json", {"status": "running", **base})

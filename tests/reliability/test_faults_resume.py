@@ -1,6 +1,7 @@
 """Reliability matrix, faults: a killed training run resumes to the uninterrupted result;
 every file is written atomically (a crash leaves the old file or none, never half of one);
-an unwritable or full output folder fails at the start."""
+an unwritable or full output folder fails at the start; a second run into a folder in use
+fails at once."""
 
 import ast
 import json
@@ -13,7 +14,7 @@ import torch
 from rel_helpers import PYTHON, ROOT, child_env
 
 import asrquant.io
-from asrquant.io import atomic_write_json, check_writable
+from asrquant.io import RunDirInUse, atomic_write_json, check_writable, run_dir_lock
 
 # No dropout and no SpecAugment: the only randomness left would come from the RNG state, which
 # Lightning does not checkpoint; without it a resumed run must match the uninterrupted one.
@@ -85,6 +86,34 @@ def test_sigterm_then_sigkill_then_rerun_resumes_to_the_uninterrupted_result(cor
     assert rb["status"] == "ok" and ra["steps"] == rb["steps"]
     assert ra["best_dev_wer"] == pytest.approx(rb["best_dev_wer"], abs=1e-9)
     assert ra["last_dev"]["loss"] == pytest.approx(rb["last_dev"]["loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------- one run per output folder
+
+def test_a_folder_is_held_by_one_run_at_a_time_and_free_after_it(tmp_path):
+    atomic_write_json(tmp_path / "results.json", {"status": "running", "pid": 4242,
+                                                  "started": "2026-12-06T05:24:51"})
+    with run_dir_lock(tmp_path):
+        with pytest.raises(RunDirInUse) as e, run_dir_lock(tmp_path):
+            pass
+        assert str(e.value).startswith(f"output folder {tmp_path} is in use by another run "
+                                       "(pid 4242, started 2026-12-06T05:24:51)")
+    with run_dir_lock(tmp_path):  # released at the end of the block
+        pass
+
+
+def test_a_second_command_into_a_folder_in_use_fails_and_leaves_its_results_alone(tmp_path):
+    """What happened once by hand: a resume started while the first process still ran; both
+    wrote the same metrics.csv and both runs crashed in Lightning's CSV logger."""
+    record = {"status": "running", "pid": 4242, "started": "2026-12-06T05:24:51"}
+    atomic_write_json(tmp_path / "results.json", record)
+    with run_dir_lock(tmp_path):  # as a live run holds it
+        proc = subprocess.run([PYTHON, "-m", "asrquant.cli.eval", "ckpt=none.ckpt",
+                               f"hydra.run.dir={tmp_path}"], env=child_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"output folder {tmp_path} is in use by another run (pid 4242" in proc.stderr
+    assert json.loads((tmp_path / "results.json").read_text()) == record
 
 
 # -------------------------------------------------------------------- atomic writes
