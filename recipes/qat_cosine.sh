@@ -20,7 +20,11 @@
 #            int4     int4 asym g128 (a fine-tuned 4-bit reference for the 40% claim)
 #            ternary  int2 sym g32 (codes -1, 0, 1)
 #            dq_gptq_kd  int2_asym_g32_dq from GPTQ, with distillation (as the study's)
+#            dq64_gptq_kd  the same in groups of 64
 #            sym_all  int2 sym g32 from GPTQ, distillation, learned scales (as the study's)
+#            ternary_mse  int2 sym g32 whose clip range is searched (mse) at every step: with
+#                     codes -1, 0, 1 the absmax scale rounds most weights to 0
+#            ternary_mse_gk  the same from GPTQ (mse clip), with distillation
 #   OUT (default runs/<corpus>_cos<EPOCHS>), DOCS (default docs/results/<corpus>_cos<EPOCHS>),
 #   THREADS (default 2), CKPT (default models/cpu_<corpus>_float.safetensors), REF (default
 #   runs/synthetic_study12, runs/fsdd_study12, runs/an4_study).
@@ -39,7 +43,7 @@ case $CORPUS in
 esac
 EPOCHS=${EPOCHS:-12}
 [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "EPOCHS=$EPOCHS is invalid; allowed: an integer >= 1"; exit 2; }
-ALL_MEMBERS="control plain kd dq dq_g64 gptq_init int4 ternary dq_gptq_kd sym_all"
+ALL_MEMBERS="control plain kd dq dq_g64 gptq_init int4 ternary dq_gptq_kd dq64_gptq_kd sym_all ternary_mse ternary_mse_gk"
 MEMBERS=${MEMBERS-control plain kd dq dq_g64 gptq_init}
 for m in $MEMBERS; do
   [[ " $ALL_MEMBERS " == *" $m "* ]] || { echo "MEMBERS: $m is invalid; allowed: $ALL_MEMBERS"; exit 2; }
@@ -82,10 +86,15 @@ want int4 && single "$OUT/qat_ablation/int4/0" quant=int4_asym_g128
 want ternary && single "$OUT/qat_ablation/ternary/0" quant=int2_sym_g32
 want dq_gptq_kd && single "$OUT/qat_ablation/dq_gptq_kd/0" quant=int2_asym_g32_dq \
   quant.method=gptq qat.kd_weight=1.0
+want dq64_gptq_kd && single "$OUT/qat_ablation/dq64_gptq_kd/0" quant=int2_asym_g32_dq \
+  quant.group_size=64 quant.method=gptq qat.kd_weight=1.0
 want sym_all && single "$OUT/qat_ablation/sym_all/0" quant=int2_sym_g32 quant.method=gptq \
   qat.kd_weight=1.0 qat.scales=learned
+want ternary_mse && single "$OUT/qat_ablation/ternary_mse/0" quant=int2_sym_g32 quant.clip=mse
+want ternary_mse_gk && single "$OUT/qat_ablation/ternary_mse_gk/0" quant=int2_sym_g32 \
+  quant.clip=mse quant.method=gptq qat.kd_weight=1.0
 # the g64 double-quantized recipe's PTQ files (round-to-nearest and GPTQ; its file size)
-if want dq_g64 && { ! done_ok "$OUT/ptq_calib_dq64/0" || ! done_ok "$OUT/ptq_calib_dq64/1"; }; then
+if { want dq_g64 || want dq64_gptq_kd; } && { ! done_ok "$OUT/ptq_calib_dq64/0" || ! done_ok "$OUT/ptq_calib_dq64/1"; }; then
   $BIN/asrquant-eval -m "${COMMON[@]}" ckpt="$CKPT" export=true quant=int2_asym_g32_dq \
     quant.group_size=64 quant.method=rtn,gptq hydra.sweep.dir="$OUT/ptq_calib_dq64" \
     'hydra.sweep.subdir=${hydra.job.num}'
