@@ -58,7 +58,7 @@ def test_study_and_the_cosine_qat_recipe_refuse_bad_settings_by_name(tmp_path):
     for var, value, message in [("EPOCHS", "0", "EPOCHS=0 is invalid; allowed: an integer"),
                                 ("MEMBERS", "dq lsq", "MEMBERS: lsq is invalid; allowed: "
                                  "control plain kd dq dq_g64 gptq_init int4 ternary dq_gptq_kd "
-                                 "sym_all")]:
+                                 "dq64_gptq_kd sym_all ternary_mse ternary_mse_gk")]:
         proc = subprocess.run(["bash", str(ROOT / "recipes/synthetic/qat12_cosine.sh")],
                               env={**env, var: value}, capture_output=True, text=True,
                               timeout=60)

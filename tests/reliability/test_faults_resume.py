@@ -102,18 +102,33 @@ def test_a_folder_is_held_by_one_run_at_a_time_and_free_after_it(tmp_path):
         pass
 
 
-def test_a_second_command_into_a_folder_in_use_fails_and_leaves_its_results_alone(tmp_path):
+def test_a_second_command_into_a_folder_in_use_fails_and_leaves_its_results_alone(tmp_path,
+                                                                                 cfg_of):
     """What happened once by hand: a resume started while the first process still ran; both
-    wrote the same metrics.csv and both runs crashed in Lightning's CSV logger."""
+    wrote the same metrics.csv and both runs crashed in Lightning's CSV logger. Here the
+    entry points' wrapper (every command's) meets a folder whose lock a live run holds."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from asrquant.cli.common import run_and_record
+
     record = {"status": "running", "pid": 4242, "started": "2026-12-06T05:24:51"}
     atomic_write_json(tmp_path / "results.json", record)
-    with run_dir_lock(tmp_path):  # as a live run holds it
-        proc = subprocess.run([PYTHON, "-m", "asrquant.cli.eval", "ckpt=none.ckpt",
-                               f"hydra.run.dir={tmp_path}"], env=child_env(), cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert f"output folder {tmp_path} is in use by another run (pid 4242" in proc.stderr
-    assert json.loads((tmp_path / "results.json").read_text()) == record
+    cfg = cfg_of("eval", ["ckpt=none.ckpt"], hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    started = []
+    try:
+        with run_dir_lock(tmp_path), pytest.raises(RunDirInUse, match=(
+                f"output folder {tmp_path} is in use by another run \\(pid 4242")):
+            run_and_record(lambda c, run_dir: started.append(run_dir), cfg)
+        assert started == []
+        assert json.loads((tmp_path / "results.json").read_text()) == record
+        run_and_record(lambda c, run_dir: started.append(run_dir), cfg)  # free again: it runs
+        assert started == [tmp_path]
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 # -------------------------------------------------------------------- atomic writes
