@@ -3,7 +3,7 @@ studies train and at the Conformer L size the 2-bit paper quantizes. Prints JSON
 
     python bench/recipe_sizes.py [--sizes cpu l] [--threads 2] [--out FILE]
 
-For each model size (conf/model/<size>.yaml) an ASRModule with random weights (sizes do not
+For each named model size (asrquant.models.sizes) an ASRModule with random weights (sizes do not
 depend on them) and the tokenizer of models/cpu_synthetic_float.safetensors (128 pieces) is
 exported with `export_packed` under each recipe below; per recipe: the file's bytes, its
 header's, the parameter bytes (`QuantReport.quantized_bytes`, the paper's model size),
@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from asrquant.data.tokenizer import tokenizer_from_state
 from asrquant.export import export_packed, header_bytes
 from asrquant.export.packed import read_safetensors
 from asrquant.io import atomic_write_json
 from asrquant.lightning.module import ASRModule
+from asrquant.models.sizes import MODEL_SIZES, size_config
 from asrquant.quant import QuantRecipe, QuantSpec, build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,16 +55,10 @@ TWO_BIT = {
 }
 
 
-def model_config(size: str, vocab_size: int) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{size}.yaml"))
-    cfg.pop("size", None)
-    return {**cfg, "vocab_size": vocab_size}
-
-
 def measure(size: str, tokenizer_state: dict, folder: Path) -> dict:
     torch.manual_seed(0)
     tokenizer = tokenizer_from_state(tokenizer_state)
-    config = model_config(size, tokenizer.vocab_size)
+    config = size_config(size, tokenizer.vocab_size).to_dict()
     module = ASRModule(config, tokenizer)
     ckpt = {"state_dict": module.state_dict(), "model_config": config,
             "tokenizer_state": tokenizer_state}
@@ -104,9 +98,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     for size in args.sizes:
-        if not (ROOT / "conf" / "model" / f"{size}.yaml").is_file():
-            allowed = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
-            raise SystemExit(f"--sizes: {size!r} is not a model size; allowed: {allowed}")
+        if size not in MODEL_SIZES:
+            raise SystemExit(f"--sizes: {size!r} is not a model size; allowed: "
+                             f"{sorted(MODEL_SIZES)}")
     torch.set_num_threads(args.threads)
     meta, _ = read_safetensors(TOKENIZER_FROM)
     tokenizer_state = json.loads(meta["tokenizer_state"])
